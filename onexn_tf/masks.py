@@ -126,7 +126,8 @@ class BlockLayout(NamedTuple):
     sizes: np.ndarray  # weights per block, [num_blocks]
 
 
-def _check_wrap(c_in: int, c_out: int, n: int) -> None:
+def check_wrap(c_in: int, c_out: int, n: int) -> None:
+    """partial='wrap' cuts the flattened [C_in, C_out] array into runs of N: it must divide evenly."""
     if (c_in * c_out) % n:
         raise ValueError(
             f"partial='wrap' needs C_in*C_out divisible by N: {c_in}*{c_out} is not divisible by n={n}; "
@@ -148,7 +149,7 @@ def _layout(shape: tuple, n: int, criterion: str, partial: str) -> BlockLayout:
     else:
         # The reference: consecutive runs of N in the flattened [C_in, C_out] order, wrapping across
         # input channels when N does not divide C_out.
-        _check_wrap(c_in, c_out, n)
+        check_wrap(c_in, c_out, n)
         ids2d = (np.arange(c_in * c_out) // n).reshape(c_in, c_out)
         ids = np.broadcast_to(ids2d[:, :, None], (c_in, c_out, taps))
     ids = np.ascontiguousarray(ids, dtype=np.int32)
@@ -198,7 +199,7 @@ def _scores_and_expander(magnitude, spec: MaskSpec):
         return tf.reduce_sum(per_channel, axis=0), lambda keep: broadcast(
             tf.broadcast_to(keep[None, :], (c_in, c_out)))
     if spec.partial == "wrap":
-        _check_wrap(c_in, c_out, n)
+        check_wrap(c_in, c_out, n)
         scores = tf.reduce_sum(tf.reshape(per_channel, (-1, n)), axis=1)
         return scores, lambda keep: broadcast(tf.reshape(
             tf.broadcast_to(keep[:, None], (c_in * c_out // n, n)), (c_in, c_out)))

@@ -99,9 +99,6 @@ class BlockPruning(pruning_impl.Pruning):
         return tf.group([tfmot_compat.assign(_true_variable(w), _true_variable(w) * tf.cast(m, w.dtype))
                          for w, m, _ in self._pruning_vars])
 
-    def _weight_assign_objs(self):
-        return [self.weight_mask_op()]
-
 
 class _Unset(keras.initializers.Initializer):
     """-1 everywhere: no channel order chosen yet (see :meth:`BlockPruning.new_masks`)."""
@@ -149,7 +146,7 @@ class Prune1xN(pruning_wrapper.PruneLowMagnitude):
             raise ValueError(f"layer {self.layer.name!r}: expected its kernel to be its only prunable weight")
         c_in, c_out, _ = masks.kernel_dims(kernel.shape)
         if self.spec.partial == "wrap" and self.spec.criterion in masks.BLOCK_CRITERIA:
-            masks.block_layout(kernel.shape, self.spec)  # fails early with the clear message
+            masks.check_wrap(c_in, c_out, self.spec.n)  # fail at wrap time, not at the first mask update
         self.permutation = self.add_weight(
             "permutation", shape=[c_out], dtype=tf.int32, initializer=_Unset(), trainable=False,
             synchronization=tf.VariableSynchronization.ON_WRITE,
