@@ -19,7 +19,7 @@ from tensorflow_model_optimization.python.core.keras import compat as tfmot_comp
 from tensorflow_model_optimization.python.core.keras import utils as tfmot_utils
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks, pruning_impl, pruning_wrapper
 
-from onexn_tf import masks, schedules, selection
+from onexn_tf import cloning, masks, rearrange as rearranging, schedules, selection
 from onexn_tf._keras import keras, tf
 
 UpdatePruningStep = pruning_callbacks.UpdatePruningStep
@@ -230,70 +230,50 @@ def _resolve_schedule(sparsity, pruning_schedule):
     return schedules.OneShotSparsity(0.5 if sparsity is None else masks.check_sparsity(sparsity))
 
 
-def _check_graph_model(model):
-    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
-        raise ValueError(f"model {model.name!r} is a subclassed model: only functional and Sequential models "
-                         "can be pruned")
-
-
-def _clone(model, transform):
-    """Clone ``model`` with fresh layers; ``transform(layer) -> (weights, new_layer_fn)`` decides each.
-
-    Unlike tfmot's cloning, the result shares no layer with ``model``: weights are copied.
-    """
-    copies = []
-
-    def clone_layer(layer):
-        if isinstance(layer, keras.Model) and not isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-            _check_graph_model(layer)
-            return _clone(layer, transform)
-        weights, make = transform(layer)
-        new_layer = make()
-        copies.append((new_layer, weights))
-        return new_layer
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    for new_layer, weights in copies:
-        if weights:
-            new_layer.set_weights(weights)
-    return clone
-
-
-def _fresh(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
 def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_schedule=None,
-              criterion: str = "block_l1", rearrange: bool = False, partial: str = "inside", full: bool = False,
-              layer_filter: selection.LayerFilter = None, seed: int = 0):
+              criterion: str = "block_l1", rearrange: bool | str = False, partial: str = "inside",
+              full: bool = False, layer_filter: selection.LayerFilter = None, seed: int = 0):
     """Wrap a model's (or one layer's) prunable layers for 1×N pruning during ``model.fit``.
 
     Give either ``sparsity`` (one-shot: the mask is computed at the first training step from the
     current weights and kept, as the reference does; default 0.5) or a tfmot ``pruning_schedule``
     (``ConstantSparsity``, ``PolynomialDecay``, :class:`OneShotSparsity`). Train with tfmot's
-    ``UpdatePruningStep`` callback; finish with :func:`strip`.
+    ``UpdatePruningStep`` callback; finish with :func:`strip` (or :func:`onexn_tf.deploy.deployable`).
+
+    ``rearrange``: ``"none"`` (or False), ``"reference"`` (or True: the seed's ``--rearrange``) or
+    ``"groups"`` (see :mod:`onexn_tf.rearrange`); block orders come from the weights the model has
+    now, so load trained weights first. A single layer with ``rearrange`` sorts by its own filters.
 
     Layers: by default the reference's choice (every 1×1 conv, the classifier only with ``full``);
     ``layer_filter`` (callable or names) replaces it. A model is cloned with its weights copied; a
     single layer is wrapped in place.
     """
-    spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial, rearrange=rearrange)
+    spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial)
+    policy = rearranging.resolve_policy(rearrange)
     schedule = _resolve_schedule(sparsity, pruning_schedule)
 
-    def wrap(layer):
+    def wrap(layer, ordered):
         return Prune1xN(layer, pruning_schedule=schedule, n=spec.n, criterion=spec.criterion,
-                        partial=spec.partial, rearrange=spec.rearrange, seed=seed)
+                        partial=spec.partial, rearrange=ordered, seed=seed)
 
     if isinstance(to_prune, keras.Model):
-        _check_graph_model(to_prune)
+        cloning.check_graph_model(to_prune)
         if pruning_wrappers(to_prune):
             raise ValueError(f"model {to_prune.name!r} is already pruned: strip it first")
         chosen = set(selection.select_layers(to_prune, full=full, layer_filter=layer_filter))
-        return _clone(to_prune, lambda layer: (
+        orders = {}
+        if spec.criterion in masks.BLOCK_CRITERIA:
+            orders = rearranging.policy_permutations(to_prune, chosen, policy)
+        pruned = cloning.clone(to_prune, lambda layer: (
             layer.get_weights(),
-            (lambda: wrap(_fresh(layer))) if layer.name in chosen else (lambda: _fresh(layer))))
+            (lambda: wrap(cloning.fresh(layer), layer.name in orders)) if layer.name in chosen
+            else (lambda: cloning.fresh(layer))))
+        for wrapper in pruning_wrappers(pruned):
+            if wrapper.layer.name in orders:
+                wrapper.permutation.assign(orders[wrapper.layer.name])
+        return pruned
     if isinstance(to_prune, keras.layers.Layer):
-        return wrap(to_prune)
+        return wrap(to_prune, policy != "none")
     raise ValueError(f"to_prune={to_prune!r} is not allowed: pass a functional/Sequential keras.Model or a layer")
 
 
@@ -301,14 +281,13 @@ def strip(model):
     """An ordinary Keras model: masks applied to the kernels, wrappers removed, nothing shared."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"model={model!r} is not allowed: strip takes a keras.Model")
-    _check_graph_model(model)
 
     def transform(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-            return masked_weights(layer), lambda: _fresh(layer.layer)
-        return layer.get_weights(), lambda: _fresh(layer)
+            return masked_weights(layer), lambda: cloning.fresh(layer.layer)
+        return cloning.copy_layer(layer)
 
-    return _clone(model, transform)
+    return cloning.clone(model, transform)
 
 
 def update_masks(model, sparsity: float | None = None) -> None:

@@ -114,3 +114,12 @@ def assert_exact_1xn(kernel: np.ndarray, n: int, p, perm=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def calibrate_pruned(pruned, x, seed: int = 0):
+    """Recalibrate BatchNorm of a pruned model whose masks are computed (pruning at p = 0.5 shrinks
+    activations; calibrated statistics keep its logits clearly varying across inputs)."""
+    for wrapper in onexn_tf.pruning_wrappers(pruned):
+        wrapper.pruning_step.assign(max(1, int(wrapper.pruning_step.numpy())))  # past the one-shot step
+    calibrate_batchnorm(pruned, x, seed=seed)
+    return pruned

@@ -12,7 +12,7 @@ from conftest import tiny_model
 
 @pytest.fixture(scope="module")
 def pruned():
-    model = onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange=True, full=True)
+    model = onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange="groups", full=True)
     onexn_tf.update_masks(model)
     return model
 

@@ -4,7 +4,7 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import onexn_tf
-from onexn_tf import masks, models
+from onexn_tf import masks, models, rearrange
 from onexn_tf._keras import keras, tf
 from conftest import (assert_exact_1xn, compile_sgd, expected_pruned_blocks, small_model, synthetic_batch,
                       tiny_model)
@@ -23,9 +23,10 @@ def kernels(model):
 def test_prune_fit_strip_gives_exact_1xn(arch, n, eager):
     model = small_model(arch)
     original = kernels(model)
-    rearrange = n in (4, 16)
-    pruned = onexn_tf.prune_1xn(model, n=n, sparsity=0.5, rearrange=rearrange)
+    policy = {4: "groups", 16: "reference"}.get(n, "none")
+    pruned = onexn_tf.prune_1xn(model, n=n, sparsity=0.5, rearrange=policy)
     selected = set(models.prunable_layers(model))
+    orders = rearrange.policy_permutations(model, selected, policy)
     assert {w.layer.name for w in onexn_tf.pruning_wrappers(pruned)} == selected
 
     x, y = synthetic_batch(pruned, 12, arch=arch)
@@ -36,10 +37,10 @@ def test_prune_fit_strip_gives_exact_1xn(arch, n, eager):
     perms = onexn_tf.permutations(pruned)
     # One-shot: the mask was computed at step 1 from the weights before any update.
     for name, mask in onexn_tf.layer_masks(pruned).items():
-        want = masks.compute_mask(original[name], 0.5, n=n, rearrange=rearrange)
+        want = masks.compute_mask(original[name], 0.5, n=n, perm=orders.get(name))
         np.testing.assert_array_equal(mask, want.mask, err_msg=name)
         np.testing.assert_array_equal(perms[name], want.perm, err_msg=name)
-    if rearrange:
+    if policy != "none":
         assert any(not np.array_equal(p, np.arange(p.size)) for p in perms.values())
 
     stripped = onexn_tf.strip(pruned)
@@ -99,7 +100,7 @@ def test_constant_sparsity_schedule_updates_every_frequency_steps():
 
 def test_polynomial_decay_reaches_each_step_sparsity_with_nested_blocks():
     schedule = onexn_tf.PolynomialDecay(0.0, 0.75, begin_step=1, end_step=4, power=1, frequency=1)
-    model = onexn_tf.prune_1xn(tiny_model(), n=4, pruning_schedule=schedule, rearrange=True)
+    model = onexn_tf.prune_1xn(tiny_model(), n=4, pruning_schedule=schedule, rearrange="groups")
     x, y = synthetic_batch(model, 8)
     compile_sgd(model, lr=0.01)
     previous = None
@@ -120,7 +121,7 @@ def test_polynomial_decay_reaches_each_step_sparsity_with_nested_blocks():
 
 @pytest.mark.parametrize("optimizer", ["sgd_wd", "adam"])
 def test_pruned_weights_get_no_update_that_changes_the_output(optimizer):
-    model = onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange=True, full=True)
+    model = onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange="groups", full=True)
     onexn_tf.update_masks(model)
     opt = (keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-2) if optimizer == "sgd_wd"
            else keras.optimizers.Adam(0.05))

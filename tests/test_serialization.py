@@ -33,14 +33,14 @@ def fit_a_little(model, arch=None):
 @pytest.fixture(scope="module")
 def trained():
     """A rearranged 1×4 V2 (classifier included) after a few fit steps, plus its batch."""
-    return fit_a_little(onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange=True,
+    return fit_a_little(onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange="groups",
                                            full=True), "mobilenet_v2")
 
 
 @pytest.mark.parametrize("fmt", ["h5", "keras", "savedmodel"])
 def test_model_file_round_trip(tmp_path, fmt):
     # The tiny model (rearranged conv + Dense wrappers): a MobileNet SavedModel alone takes a minute.
-    model, x, y = fit_a_little(onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange=True, full=True))
+    model, x, y = fit_a_little(onexn_tf.prune_1xn(tiny_model(), n=4, sparsity=0.5, rearrange="groups", full=True))
     path = tmp_path / {"h5": "m.h5", "keras": "m.keras", "savedmodel": "m_savedmodel"}[fmt]
     model.save(path, **({"save_format": "tf"} if fmt == "savedmodel" else {}))
     loaded = keras.models.load_model(path)  # no custom_objects: the classes are registered
@@ -57,7 +57,7 @@ def test_model_file_round_trip(tmp_path, fmt):
 def test_checkpoint_round_trip(trained, tmp_path):
     model, x, _ = trained
     path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
-    fresh = onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange=True, full=True)
+    fresh = onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange="groups", full=True)
     fresh(x[:1])  # build
     tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
     assert_same_state(pruning_state(model), pruning_state(fresh))
@@ -67,7 +67,7 @@ def test_checkpoint_round_trip(trained, tmp_path):
 def test_save_weights_round_trip(trained, tmp_path):
     model, x, _ = trained
     model.save_weights(str(tmp_path / "w.h5"))
-    fresh = onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange=True, full=True)
+    fresh = onexn_tf.prune_1xn(small_model("mobilenet_v2"), n=4, sparsity=0.5, rearrange="groups", full=True)
     fresh.load_weights(str(tmp_path / "w.h5"))
     assert_same_state(pruning_state(model), pruning_state(fresh))
 
