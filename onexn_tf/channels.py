@@ -20,6 +20,7 @@ import dataclasses
 
 import numpy as np
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import keras, tf
 
 L = keras.layers
@@ -64,7 +65,7 @@ class ChannelMap:
         for group in self.groups:
             if producer in group.producers:
                 return group
-        raise ValueError(f"layer {producer!r} produces no channel group (it is not a Conv2D/Dense of the model)")
+        raise InvalidArgument(f"layer {producer!r} produces no channel group (it is not a Conv2D/Dense of the model)")
 
 
 class _Spaces:
@@ -144,7 +145,7 @@ def _tfop_kind(layer, node) -> str:
 def analyze(model) -> ChannelMap:
     """The channel groups of a functional model (see module docstring)."""
     if not getattr(model, "_is_graph_network", False):
-        raise ValueError(f"model {model.name!r} is not a functional model: channel analysis needs its layer graph")
+        raise InvalidArgument(f"model {model.name!r} is not a functional model: channel analysis needs its layer graph")
     spaces = _Spaces()
     where: dict[int, tuple[int, frozenset]] = {}  # id(KerasTensor) -> (space, origins)
     depthwise_inputs, pooling_inputs = [], []

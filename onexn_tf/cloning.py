@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import keras
 
 # transform(layer) -> (weights for the new layer, factory making the new layer)
@@ -11,7 +12,7 @@ Transform = Callable[[keras.layers.Layer], tuple[list, Callable[[], keras.layers
 
 def check_graph_model(model) -> None:
     if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
-        raise ValueError(f"model {model.name!r} is a subclassed model: only functional and Sequential models "
+        raise InvalidArgument(f"model {model.name!r} is a subclassed model: only functional and Sequential models "
                          "are supported")
 
 

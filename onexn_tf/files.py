@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, is_dir: bool = False, overwrite: bool = True):
+def atomic_path(path, *, overwrite: bool = True):
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
     path = Path(path)
     if path.exists() and not overwrite:

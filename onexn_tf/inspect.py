@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf import masks, schedules, selection
 from onexn_tf.pruning import Prune1xN, _true_variable, permutation
 
@@ -61,7 +62,7 @@ def report(model, n: int | None = None, *, criterion: str = "block_l1", partial:
                                    schedules.final_sparsity(wrapper.pruning_schedule), permutation(wrapper)))
         return records
     if n is None:
-        raise ValueError("n is required to report a model without pruning wrappers (the block height N)")
+        raise InvalidArgument("n is required to report a model without pruning wrappers (the block height N)")
     spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial)
     permutations = permutations or {}
     for layer in selection.leaf_layers(model):

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import tf
 
 CRITERIA = ("block_l1", "block_random", "weight", "filter")
@@ -32,7 +33,7 @@ _FLOAT32_REL_ERROR = 2.0 ** -24
 def check_n(n) -> int:
     """Return ``n`` as an int, or raise ValueError if it is not a positive integer."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n={n!r} is not allowed: N must be a positive integer (1, 2, 4, 8, 16, 32, ...)")
+        raise InvalidArgument(f"n={n!r} is not allowed: N must be a positive integer (1, 2, 4, 8, 16, 32, ...)")
     return int(n)
 
 
@@ -43,13 +44,13 @@ def check_sparsity(p, name: str = "sparsity") -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if isinstance(p, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={p!r} is not allowed: it must be a number in [0, 1)")
+        raise InvalidArgument(f"{name}={p!r} is not allowed: it must be a number in [0, 1)")
     return value
 
 
 def check_choice(value, allowed, name: str) -> str:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(map(repr, allowed))}")
+        raise InvalidArgument(f"{name}={value!r} is not allowed: choose one of {', '.join(map(repr, allowed))}")
     return value
 
 
@@ -67,7 +68,7 @@ class MaskSpec:
         check_choice(self.criterion, CRITERIA, "criterion")
         check_choice(self.partial, PARTIAL_MODES, "partial")
         if not isinstance(self.rearrange, (bool, np.bool_)):
-            raise ValueError(f"rearrange={self.rearrange!r} is not allowed: use True or False")
+            raise InvalidArgument(f"rearrange={self.rearrange!r} is not allowed: use True or False")
         object.__setattr__(self, "rearrange", bool(self.rearrange))
 
     @property
@@ -83,7 +84,7 @@ def kernel_dims(shape) -> tuple[int, int, int]:
         return shape[0], shape[1], 1
     if len(shape) == 4:
         return shape[2], shape[3], shape[0] * shape[1]
-    raise ValueError(f"kernel shape {shape} is not prunable: expected [in, out] or [kh, kw, C_in, C_out]")
+    raise InvalidArgument(f"kernel shape {shape} is not prunable: expected [in, out] or [kh, kw, C_in, C_out]")
 
 
 def to_canonical(kernel: np.ndarray) -> np.ndarray:
@@ -129,7 +130,7 @@ class BlockLayout(NamedTuple):
 def check_wrap(c_in: int, c_out: int, n: int) -> None:
     """partial='wrap' cuts the flattened [C_in, C_out] array into runs of N: it must divide evenly."""
     if (c_in * c_out) % n:
-        raise ValueError(
+        raise InvalidArgument(
             f"partial='wrap' needs C_in*C_out divisible by N: {c_in}*{c_out} is not divisible by n={n}; "
             "use partial='inside'")
 
@@ -291,7 +292,7 @@ def compute_mask(kernel, sparsity, *, n: int = 4, criterion: str = "block_l1", p
 def check_permutation(perm, size: int) -> np.ndarray:
     perm = np.asarray(perm)
     if perm.shape != (size,) or not np.array_equal(np.sort(perm), np.arange(size)):
-        raise ValueError(f"perm={perm.tolist()!r} is not allowed: it must be a permutation of 0..{size - 1}")
+        raise InvalidArgument(f"perm={perm.tolist()!r} is not allowed: it must be a permutation of 0..{size - 1}")
     return perm.astype(np.int32)
 
 

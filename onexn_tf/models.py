@@ -5,6 +5,7 @@ Keras hub; ``weights=None`` or a local weights file work offline).
 """
 from __future__ import annotations
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf import selection
 from onexn_tf._keras import keras
 from onexn_tf.masks import check_choice, kernel_dims
@@ -44,9 +45,9 @@ def build(arch: str, *, alpha: float = 1.0, input_shape=(224, 224, 3), classes: 
     """A Keras MobileNet: ``arch`` in :data:`ARCHITECTURES`; other keyword arguments go to Keras."""
     check_arch(arch)
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"classes={classes!r} is not allowed: it must be a positive integer")
+        raise InvalidArgument(f"classes={classes!r} is not allowed: it must be a positive integer")
     if not (isinstance(alpha, (int, float)) and alpha > 0):
-        raise ValueError(f"alpha={alpha!r} is not allowed: it must be a positive number")
+        raise InvalidArgument(f"alpha={alpha!r} is not allowed: it must be a positive number")
     return _BUILDERS[arch](input_shape=tuple(input_shape), alpha=alpha, classes=classes, weights=weights, **kwargs)
 
 

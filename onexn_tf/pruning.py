@@ -19,6 +19,7 @@ from tensorflow_model_optimization.python.core.keras import compat as tfmot_comp
 from tensorflow_model_optimization.python.core.keras import utils as tfmot_utils
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks, pruning_impl, pruning_wrapper
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf import cloning, masks, rearrange as rearranging, schedules, selection
 from onexn_tf._keras import keras, tf
 
@@ -127,12 +128,12 @@ class Prune1xN(pruning_wrapper.PruneLowMagnitude):
                  rearrange=False, seed=0, **kwargs):
         reason = selection.unprunable_reason(layer)
         if reason:
-            raise ValueError(reason)
+            raise InvalidArgument(reason)
         self.spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial, rearrange=rearrange)
         if pruning_schedule is None:
             pruning_schedule = schedules.OneShotSparsity(0.5)
         if not isinstance(pruning_schedule, schedules.PruningSchedule):
-            raise ValueError(f"pruning_schedule={pruning_schedule!r} is not allowed: pass a tfmot PruningSchedule")
+            raise InvalidArgument(f"pruning_schedule={pruning_schedule!r} is not allowed: pass a tfmot PruningSchedule")
         for key in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
             kwargs.pop(key, None)
         self.seed = int(seed)
@@ -143,7 +144,7 @@ class Prune1xN(pruning_wrapper.PruneLowMagnitude):
         super().build(input_shape)
         kernel = self.layer.kernel
         if len(self.prunable_weights) != 1 or self.prunable_weights[0] is not kernel:
-            raise ValueError(f"layer {self.layer.name!r}: expected its kernel to be its only prunable weight")
+            raise InvalidArgument(f"layer {self.layer.name!r}: expected its kernel to be its only prunable weight")
         c_in, c_out, _ = masks.kernel_dims(kernel.shape)
         if self.spec.partial == "wrap" and self.spec.criterion in masks.BLOCK_CRITERIA:
             masks.check_wrap(c_in, c_out, self.spec.n)  # fail at wrap time, not at the first mask update
@@ -222,9 +223,9 @@ def pruning_wrappers(model) -> list[Prune1xN]:
 def _resolve_schedule(sparsity, pruning_schedule):
     if pruning_schedule is not None:
         if sparsity is not None:
-            raise ValueError("give either sparsity or pruning_schedule, not both")
+            raise InvalidArgument("give either sparsity or pruning_schedule, not both")
         if not isinstance(pruning_schedule, schedules.PruningSchedule):
-            raise ValueError(f"pruning_schedule={pruning_schedule!r} is not allowed: pass a tfmot PruningSchedule "
+            raise InvalidArgument(f"pruning_schedule={pruning_schedule!r} is not allowed: pass a tfmot PruningSchedule "
                              "(ConstantSparsity, PolynomialDecay, OneShotSparsity)")
         return pruning_schedule
     return schedules.OneShotSparsity(0.5 if sparsity is None else masks.check_sparsity(sparsity))
@@ -259,7 +260,7 @@ def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_sc
     if isinstance(to_prune, keras.Model):
         cloning.check_graph_model(to_prune)
         if pruning_wrappers(to_prune):
-            raise ValueError(f"model {to_prune.name!r} is already pruned: strip it first")
+            raise InvalidArgument(f"model {to_prune.name!r} is already pruned: strip it first")
         chosen = set(selection.select_layers(to_prune, full=full, layer_filter=layer_filter))
         orders = {}
         if spec.criterion in masks.BLOCK_CRITERIA:
@@ -274,13 +275,13 @@ def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_sc
         return pruned
     if isinstance(to_prune, keras.layers.Layer):
         return wrap(to_prune, policy != "none")
-    raise ValueError(f"to_prune={to_prune!r} is not allowed: pass a functional/Sequential keras.Model or a layer")
+    raise InvalidArgument(f"to_prune={to_prune!r} is not allowed: pass a functional/Sequential keras.Model or a layer")
 
 
 def strip(model):
     """An ordinary Keras model: masks applied to the kernels, wrappers removed, nothing shared."""
     if not isinstance(model, keras.Model):
-        raise ValueError(f"model={model!r} is not allowed: strip takes a keras.Model")
+        raise InvalidArgument(f"model={model!r} is not allowed: strip takes a keras.Model")
 
     def transform(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
@@ -294,7 +295,7 @@ def update_masks(model, sparsity: float | None = None) -> None:
     """Compute every wrapper's mask now (e.g. to evaluate or export a pruned model before training)."""
     wrappers = pruning_wrappers(model)
     if not wrappers:
-        raise ValueError(f"model {model.name!r} has no 1×N pruning wrappers: call prune_1xn first")
+        raise InvalidArgument(f"model {model.name!r} has no 1×N pruning wrappers: call prune_1xn first")
     for wrapper in wrappers:
         wrapper.update_mask(sparsity)
 

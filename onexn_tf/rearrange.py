@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf import channels, cloning, files, masks
 
 POLICIES = ("none", "reference", "groups")
@@ -80,7 +81,7 @@ def group_permutations(cmap: channels.ChannelMap, permutations: dict) -> dict[in
     known = {p for group in cmap.groups for p in group.producers}
     unknown = sorted(set(permutations) - known)
     if unknown:
-        raise ValueError(f"permutations name layers that produce no channel group of the model: {unknown}")
+        raise InvalidArgument(f"permutations name layers that produce no channel group of the model: {unknown}")
     result = {}
     for group in cmap.groups:
         given = {p: masks.check_permutation(permutations[p], group.channels)
@@ -89,17 +90,17 @@ def group_permutations(cmap: channels.ChannelMap, permutations: dict) -> dict[in
             continue
         distinct = {tuple(perm.tolist()) for perm in given.values()}
         if len(distinct) > 1:
-            raise ValueError(f"{group.describe()}: its producers {sorted(given)} have different permutations; "
+            raise InvalidArgument(f"{group.describe()}: its producers {sorted(given)} have different permutations; "
                              "layers tied by a residual Add or SE Multiply must share one permutation")
         perm = next(iter(given.values()))
         if np.array_equal(perm, np.arange(group.channels)):
             continue
         missing = [p for p in group.producers if p not in given]
         if missing:
-            raise ValueError(f"a permutation of {sorted(given)} alone would break {group.describe()}: "
+            raise InvalidArgument(f"a permutation of {sorted(given)} alone would break {group.describe()}: "
                              f"give the same permutation for {missing} too")
         if group.is_pinned:
-            raise ValueError(f"{group.describe()} cannot be permuted: its channels are {'; '.join(group.pinned)}")
+            raise InvalidArgument(f"{group.describe()} cannot be permuted: its channels are {'; '.join(group.pinned)}")
         result[group.index] = perm
     return result
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import keras, tf
 from onexn_tf.masks import check_sparsity
 
@@ -23,7 +24,7 @@ class OneShotSparsity(PruningSchedule):
     def __init__(self, target_sparsity: float, begin_step: int = 1):
         self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
         if isinstance(begin_step, bool) or not isinstance(begin_step, int) or begin_step < 0:
-            raise ValueError(f"begin_step={begin_step!r} is not allowed: it must be an integer >= 0")
+            raise InvalidArgument(f"begin_step={begin_step!r} is not allowed: it must be an integer >= 0")
         self.begin_step = begin_step
 
     def __call__(self, step):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Union
 
+from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import keras
 
 LayerFilter = Union[Callable[[keras.layers.Layer], bool], Iterable[str], None]
@@ -78,13 +79,13 @@ def select_layers(model: keras.Model, *, full: bool = False, layer_filter: Layer
         known = {layer.name for layer in layers}
         missing = [name for name in names if name not in known]
         if missing:
-            raise ValueError(f"layer_filter names layers that are not in model {model.name!r}: {missing}")
+            raise InvalidArgument(f"layer_filter names layers that are not in model {model.name!r}: {missing}")
     by_name = {layer.name: layer for layer in layers}
     for name in names:
         reason = unprunable_reason(by_name[name])
         if reason:
-            raise ValueError(reason)
+            raise InvalidArgument(reason)
     if not names:
-        raise ValueError(f"no prunable layer selected in model {model.name!r}: the selection is empty "
+        raise InvalidArgument(f"no prunable layer selected in model {model.name!r}: the selection is empty "
                          "(pass layer_filter to choose Conv2D or Dense layers)")
     return names

@@ -18,7 +18,7 @@ def run_demo(*args, timeout=900):
                           timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_demo_prunes_and_reports(tmp_path):
+def test_demo_trains_prunes_deploys_and_reports(tmp_path):
     out = tmp_path / "out"
     proc = run_demo("--arch", "mobilenet_v1", "--alpha", "0.25", "--image-size", "32", "--train-samples", "64",
                     "--val-samples", "32", "--dense-epochs", "1", "--prune-epochs", "1", "--out", str(out))
@@ -27,13 +27,15 @@ def test_demo_prunes_and_reports(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["all_layers_exact_1xn"] is True
     assert [layer["layer"] for layer in report["layers"]] == [f"conv_pw_{i}" for i in range(1, 14)]
-    for key in ("dense", "pruned_one_shot", "pruned_fine_tuned"):
-        assert 0.0 <= report["top1"][key] <= 1.0
-    assert report["top1"]["deployed"] == report["top1"]["pruned_fine_tuned"]  # permutation keeps predictions
+    for key in ("dense", "pruned", "deployed"):
+        assert 0.0 <= report["accuracy"][key]["top1"] <= 1.0 and report["accuracy"][key]["examples"] == 32
+    assert report["accuracy"]["deployed"] == report["accuracy"]["pruned"]  # the permutation keeps predictions
+    for job in ("dense", "pruned"):  # each stage is a finished onexn-train job
+        assert json.loads((out / job / "results.json").read_text())["arch"] == "mobilenet_v1"
     record = json.loads((out / "permutation.json").read_text())
     assert report["permuted_channel_groups"] == 13  # groups policy: every conv_pw_k's own channels
     assert sum(g["permuted"] for g in record["groups"]) == 13
-    model = keras.models.load_model(out / "pruned_model.keras")
+    model = keras.models.load_model(out / "deployed_model.keras")
     for i in range(1, 14):  # kept blocks contiguous in natural channel order after the permutation
         assert_exact_1xn(model.get_layer(f"conv_pw_{i}").kernel.numpy(), 4, 0.5)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"

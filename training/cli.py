@@ -5,19 +5,21 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from onexn_tf.errors import InvalidArgument
 
-class UsageError(Exception):
+
+class UsageError(InvalidArgument):
     """A mistake in what the user asked for (reported without a traceback)."""
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run ``main``; ValueError / UsageError / missing files exit 2 with one line."""
+    """Parse ``argv`` and run ``main``; a caller's mistake (InvalidArgument, including UsageError) or a
+    file-system refusal exits 2 with one line; anything else is a bug and keeps its traceback."""
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError) as error:
+    except (InvalidArgument, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

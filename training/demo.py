@@ -1,8 +1,12 @@
-"""``onexn-demo``: the project's main job on bundled data, small enough for 2 CPU cores.
+"""``onexn-demo``: the project's main job on bundled (generated) data, small enough for 2 CPU cores.
 
-Train a small MobileNet densely on synthetic gratings, prune it 1×N in one shot (the reference's
-recipe) with filter rearrangement, fine-tune, strip and permute channels physically so kept blocks
-are contiguous, and print the per-layer report plus dense vs pruned accuracy.
+1. write the synthetic grating images as an image folder (``OUT/data``);
+2. ``onexn-train`` a small MobileNet densely (``OUT/dense``);
+3. ``onexn-train`` again from that model: 1×N pruning in one shot (the reference's recipe) with
+   filter rearrangement, fine-tuning (``OUT/pruned``);
+4. strip and permute channels physically so kept blocks are contiguous (``OUT/deployed_model.keras``
+   and ``OUT/permutation.json``), evaluate dense / pruned / deployed top-1 and top-5, print the
+   per-layer table and write ``OUT/report.json``.
 """
 from __future__ import annotations
 
@@ -12,13 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import onexn_tf
 from onexn_tf import files, inspect, models
-from onexn_tf._keras import keras, tf
-from training import cli
-from training.synthetic import make_images
+from onexn_tf._keras import keras
+from training import cli, data, evaluate, synthetic, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,94 +44,79 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args):
-    for name in ("image_size", "classes", "train_samples", "val_samples", "batch_size"):
+    for name in ("image_size", "classes", "train_samples", "val_samples", "batch_size", "dense_epochs",
+                 "prune_epochs"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
-    for name in ("dense_epochs", "prune_epochs"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 0")
+            raise cli.UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
     if args.image_size < 32:
-        raise ValueError(f"--image-size={args.image_size} is not allowed: Keras MobileNets need at least 32 pixels")
+        raise cli.UsageError(f"--image-size={args.image_size} is not allowed: Keras MobileNets need at least 32 pixels")
     onexn_tf.masks.check_n(args.n)
     onexn_tf.masks.check_sparsity(args.sparsity, "--sparsity")
     files.check_writable_dir(args.out)
+    for job in ("dense", "pruned"):
+        if (args.out / job).exists():
+            raise cli.UsageError(f"{args.out / job} exists from an earlier demo: remove {args.out} or choose --out")
 
 
-def _short_run_batchnorm(model, momentum=0.9):
-    """Keras MobileNets use BN momentum 0.999, tuned for ImageNet-length runs; a demo of ~100 steps
-    would evaluate with almost untouched moving statistics (chance accuracy)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-
-
-def _compile(model, lr):
-    optimizer = keras.optimizers.SGD(lr, momentum=0.9)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])
-    optimizer.build(model.trainable_variables)  # slots up front: fit() traces its step once, not twice
-
-
-def _top1(model, x, y) -> float:
-    predictions = model.predict(x, batch_size=64, verbose=0)
-    return float(np.mean(np.argmax(predictions, axis=-1) == y))
+def _train_args(args, job: str, *extra: str):
+    common = ["--arch", args.arch, "--alpha", str(args.alpha), "--input-size", str(args.image_size),
+              "--dataset", "folder", "--data-dir", str(args.out / "data"), "--train-batch-size",
+              str(args.batch_size), "--eval-batch-size", "64", "--warmup-epochs", "0", "--lr-policy", "fixed",
+              "--bn-momentum", "0.9", "--seed", str(args.seed), "--job-dir", str(args.out / job)]
+    return train.build_parser().parse_args(common + list(extra))
 
 
 def main(args) -> int:
     _check(args)
-    keras.utils.set_random_seed(args.seed)
-    verbose = 1 if sys.stdout.isatty() else 2
     started = time.time()
-    preprocess = models.preprocess_input(args.arch)
-    x_train, y_train = make_images(args.train_samples, classes=args.classes, size=args.image_size, seed=args.seed)
-    x_val, y_val = make_images(args.val_samples, classes=args.classes, size=args.image_size, seed=args.seed + 1)
-    x_train, x_val = preprocess(x_train.astype("float32")), preprocess(x_val.astype("float32"))
+    data_dir = args.out / "data"
+    if not data_dir.exists():
+        print(f"[1/4] writing {args.train_samples}+{args.val_samples} synthetic images to {data_dir}")
+        with files.atomic_path(data_dir) as tmp:
+            synthetic.write_dataset(tmp, classes=args.classes, size=args.image_size, train=args.train_samples,
+                                    val=args.val_samples, seed=args.seed)
+    else:
+        print(f"[1/4] reusing the synthetic images in {data_dir}")
 
-    model = models.build(args.arch, alpha=args.alpha, input_shape=(args.image_size, args.image_size, 3),
-                         classes=args.classes)
-    _short_run_batchnorm(model)
-    print(f"[1/4] dense training: {args.arch} alpha={args.alpha} {args.image_size}px, {args.dense_epochs} epochs")
-    _compile(model, 0.05)
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.dense_epochs, verbose=verbose)
-    dense_top1 = float(model.evaluate(x_val, y_val, verbose=0)[1])
+    print(f"[2/4] dense training: {args.arch} alpha={args.alpha} {args.image_size}px, {args.dense_epochs} epochs")
+    dense = train.run_job(_train_args(args, "dense", "--criterion", "dense", "--epochs", str(args.dense_epochs),
+                                      "--lr", "0.05"))
 
-    print(f"[2/4] 1x{args.n} pruning at p={args.sparsity} ({args.criterion}, rearrange={args.rearrange}), "
+    print(f"[3/4] 1x{args.n} pruning at p={args.sparsity} ({args.criterion}, rearrange={args.rearrange}, one-shot), "
           f"{args.prune_epochs} fine-tuning epochs")
-    pruned = onexn_tf.prune_1xn(model, n=args.n, sparsity=args.sparsity, criterion=args.criterion,
-                                rearrange=args.rearrange, seed=args.seed)
-    _short_run_batchnorm(pruned)
-    onexn_tf.update_masks(pruned)  # one-shot masks from the trained weights, before fine-tuning
-    _compile(pruned, 0.01)
-    oneshot_top1 = float(pruned.evaluate(x_val, y_val, verbose=0)[1])
-    pruned.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.prune_epochs, verbose=verbose,
-               callbacks=[onexn_tf.UpdatePruningStep()])
-    pruned_top1 = float(pruned.evaluate(x_val, y_val, verbose=0)[1])
+    pruned = train.run_job(_train_args(
+        args, "pruned", "--pretrained-model", str(args.out / "dense" / "model.keras"), "--criterion", args.criterion,
+        "--N", str(args.n), "--pr-target", str(args.sparsity), "--rearrange", args.rearrange,
+        "--epochs", str(args.prune_epochs), "--lr", "0.01"))
 
-    print("[3/4] strip, permute channels, inspect")
-    deployed, permutation_record = onexn_tf.deployable(pruned)
-    deployed_top1 = _top1(deployed, x_val, y_val)
-    records = inspect.report(pruned)
-    print(inspect.format_table(records))
-    # After the physical permutation every kept block must be contiguous in natural channel order.
-    contiguous = inspect.report(deployed, n=args.n, criterion=args.criterion, layers=set(onexn_tf.permutations(pruned)))
-
-    print(f"[4/4] writing {args.out}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with files.atomic_path(args.out / "pruned_model.keras") as tmp:
+    print("[4/4] permute channels for deployment, evaluate, report")
+    stripped = keras.models.load_model(args.out / "pruned" / "model.keras")
+    orders = json.loads((args.out / "pruned" / "permutations.json").read_text())
+    deployed, record = onexn_tf.deploy.permute_by_block_orders(stripped, orders)
+    with files.atomic_path(args.out / "deployed_model.keras") as tmp:
         deployed.save(tmp)
-    onexn_tf.rearrange.write_record(args.out / "permutation.json", permutation_record)
+    onexn_tf.rearrange.write_record(args.out / "permutation.json", record)
+    splits = data.load(dataset="folder", data_dir=data_dir, size=args.image_size, batch_size=64,
+                       preprocess=models.preprocess_input(args.arch), need_train=False)
+    accuracy = {"dense": evaluate.evaluate(keras.models.load_model(args.out / "dense" / "model.keras"), splits.val),
+                "pruned": evaluate.evaluate(stripped, splits.val),
+                "deployed": evaluate.evaluate(deployed, splits.val)}
+    layers = [inspect.LayerRecord(**{k: v for k, v in layer.items() if k != "exact"}) for layer in pruned["layers"]]
+    print(inspect.format_table(layers))
+    contiguous = inspect.report(deployed, n=args.n, criterion=args.criterion, layers=set(orders))
     summary = {
         "arch": args.arch, "alpha": args.alpha, "image_size": args.image_size, "n": args.n,
         "sparsity": args.sparsity, "criterion": args.criterion, "rearrange": args.rearrange,
-        "top1": {"dense": dense_top1, "pruned_one_shot": oneshot_top1, "pruned_fine_tuned": pruned_top1,
-                 "deployed": deployed_top1},
-        "all_layers_exact_1xn": all(r.exact for r in records) and all(r.structured for r in contiguous),
-        "permuted_channel_groups": sum(g["permuted"] for g in permutation_record["groups"]),
-        "layers": inspect.to_dicts(records),
+        "accuracy": accuracy,
+        "pruned_top1_per_epoch": [e["top1"] for e in pruned["epochs"]],
+        "dense_top1_per_epoch": [e["top1"] for e in dense["epochs"]],
+        "all_layers_exact_1xn": all(r.exact for r in layers) and all(r.structured for r in contiguous),
+        "permuted_channel_groups": sum(g["permuted"] for g in record["groups"]),
+        "layers": pruned["layers"],
         "wall_time_s": round(time.time() - started, 1),
     }
     files.write_json(args.out / "report.json", summary)
-    print(json.dumps({k: summary[k] for k in ("top1", "all_layers_exact_1xn", "wall_time_s")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("accuracy", "all_layers_exact_1xn", "wall_time_s")}, indent=2))
     return 0 if summary["all_layers_exact_1xn"] else 1
 
 

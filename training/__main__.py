@@ -1,0 +1,6 @@
+"""``python -m training`` is ``onexn-train``."""
+import sys
+
+from training.train import run
+
+sys.exit(run())

@@ -1,0 +1,93 @@
+"""``onexn-eval``: top-1 / top-5 of a saved model (pruned, stripped, or a finished onexn-train job).
+
+    onexn-eval runs/v2_1x4 --dataset imagenet2012 --data-dir ~/tfds
+    onexn-eval model.keras --arch mobilenet_v2 --input-size 224 --dataset folder --data-dir data/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import onexn_tf
+from onexn_tf import files, models
+from onexn_tf._keras import keras
+from training import cli, data
+from training.metrics import TopK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onexn-eval", description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="a .keras / .h5 / SavedModel path, or an onexn-train --job-dir")
+    p.add_argument("--arch", choices=models.ARCHITECTURES, help="for its preprocessing (default: from the job)")
+    p.add_argument("--input-size", type=int, help="default: the model's input size")
+    p.add_argument("--dataset", default=None, help="tfds name or 'folder' (default: the job's)")
+    p.add_argument("--data-dir", help="image folder root or tfds data_dir (default: the job's)")
+    p.add_argument("--manual-dir")
+    p.add_argument("--split", default=None, help="default: validation, val or test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", type=Path, help="also write the result here")
+    return p
+
+
+def _job_config(path: Path) -> dict:
+    config = path / "config.json"
+    return json.loads(config.read_text()) if config.exists() else {}
+
+
+def load_model(path: Path):
+    if path.is_dir() and (path / "config.json").exists():
+        if not (path / "model.keras").exists():
+            raise cli.UsageError(f"job {path} has no model.keras: the run has not finished")
+        path = path / "model.keras"
+    if not path.exists():
+        raise cli.UsageError(f"{path}: no such model file or directory")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, IOError) as error:
+        raise cli.UsageError(f"{path} is not a Keras model: {str(error).splitlines()[0][:200]}") from None
+
+
+def evaluate(model, dataset) -> dict:
+    """Top-1 / top-5 of ``model`` over a dataset of (images, one-hot labels) batches."""
+    counter = TopK()
+    for images, labels in dataset:
+        counter.update(model(images, training=False).numpy(), np.argmax(labels.numpy(), axis=-1))
+    return {**counter.result(), "examples": counter.count}
+
+
+def main(args) -> int:
+    if args.batch_size < 1:
+        raise cli.UsageError(f"--batch-size={args.batch_size} is not allowed: it must be >= 1")
+    job = _job_config(args.model) if args.model.is_dir() else {}
+    arch = args.arch or job.get("arch")
+    if not arch:
+        raise cli.UsageError("--arch is required (it selects the input preprocessing) unless MODEL is a job dir")
+    dataset = args.dataset or job.get("dataset")
+    if not dataset:
+        raise cli.UsageError("--dataset is required unless MODEL is a job dir")
+    model = load_model(args.model)
+    size = args.input_size or model.input_shape[1]
+    splits = data.load(dataset=dataset, data_dir=args.data_dir or job.get("data_dir"),
+                       manual_dir=args.manual_dir or job.get("manual_dir"), val_split=args.split or job.get("val_split"),
+                       size=size, batch_size=args.batch_size, preprocess=models.preprocess_input(arch),
+                       cache="none", need_train=False)
+    if model.output_shape[-1] != splits.num_classes:
+        raise cli.UsageError(f"the model predicts {model.output_shape[-1]} classes; the dataset has {splits.num_classes}")
+    result = {"model": str(args.model), "arch": arch, "input_size": size, "dataset": dataset,
+              "pruned_layers": len(onexn_tf.pruning_wrappers(model)), **evaluate(model, splits.val)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        files.write_json(args.json, result)
+    return 0
+
+
+def run(argv=None) -> int:
+    return cli.run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
