@@ -230,3 +230,67 @@ def test_transforms_and_pipeline():
                                  num_classes=3, examples=5))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
     assert batches[0][1].shape == (2, 3) and float(tf.reduce_max(batches[0][0])) <= 1.0
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_strategy_with_two_local_workers(folder, tmp_path):
+    job = tmp_path / "job"
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    args = [*SMALL, "--data-dir", str(folder), "--epochs", "1", "--train-batch-size", "16",
+            "--strategy", "multiworker", "--job-dir", str(job)]
+    procs = []
+    for index in (1, 0):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT,
+                                      env={**ENV, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outputs]
+    results = json.loads((job / "results.json").read_text())
+    assert (results["strategy"], results["replicas"]) == ("CollectiveAllReduceStrategy", 2)
+    assert all(layer["exact"] for layer in results["layers"])
+
+
+def test_a_tfds_dataset_by_name(tmp_path):
+    """The by-name path (builder lookup, download_and_prepare, split choice) on a real, tiny tfds
+    dataset generated locally (the machine has no internet for the public ones)."""
+    import tensorflow_datasets as tfds
+    from training.synthetic import make_images
+
+    class OnexnToyGratings(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, supervised_keys=("image", "label"),
+                features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                                     "label": tfds.features.ClassLabel(num_classes=3)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(12, 0), "test": self._generate_examples(6, 1)}
+
+        def _generate_examples(self, count, seed):
+            images, labels = make_images(count, classes=3, size=36, seed=seed)
+            for i in range(count):
+                yield i, {"image": images[i], "label": int(labels[i])}
+
+    splits = data.load(dataset="onexn_toy_gratings", data_dir=str(tmp_path), size=32, batch_size=4,
+                       preprocess=onexn_tf.models.preprocess_input("mobilenet_v2"), seed=0)
+    assert (splits.num_classes, splits.train_examples, splits.val_examples) == (3, 12, 6)  # 'test' as validation
+    images, labels = next(iter(splits.train))
+    assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 3)
+    assert -1.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    with pytest.raises(data.UsageError, match="no validation split 'holdout'"):
+        data.load(dataset="onexn_toy_gratings", data_dir=str(tmp_path), size=32, batch_size=4, val_split="holdout",
+                  preprocess=onexn_tf.models.preprocess_input("mobilenet_v2"))

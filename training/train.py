@@ -256,17 +256,21 @@ def run_job(args) -> dict:
 
     history = read_log(job / "log.csv")
     best_so_far = max((row.get("val_top1", -1.0) for row in history), default=None)
+    # Every worker backs up and checkpoints (Keras sends non-chief copies to temporary folders); the
+    # chief alone writes the log and TensorBoard summaries.
     callbacks = [keras.callbacks.BackupAndRestore(str(job / "backup")), EpochExtras()]
     if args.criterion != "dense":
-        callbacks += [onexn_tf.UpdatePruningStep(), onexn_tf.PruningSummaries(log_dir=str(job / "tensorboard"))]
-    else:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(job / "tensorboard")))
+        callbacks.append(onexn_tf.UpdatePruningStep())
+    if chief:
+        summaries = onexn_tf.PruningSummaries if args.criterion != "dense" else keras.callbacks.TensorBoard
+        callbacks.append(summaries(log_dir=str(job / "tensorboard")))
     callbacks += [
         # TF-format checkpoints: h5 weight loading fails on mirrored BatchNorm statistics.
         keras.callbacks.ModelCheckpoint(str(job / "checkpoints" / "last"), save_weights_only=True),
         BestCheckpoint(str(job / "checkpoints" / "best"), best_so_far),
-        keras.callbacks.CSVLogger(str(job / "log.csv"), append=True),
     ]
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(str(job / "log.csv"), append=True))
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     model.fit(splits.train, validation_data=splits.val, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
 
@@ -292,8 +296,9 @@ def run_job(args) -> dict:
         "wall_time_s": round(time.time() - started, 1),  # this invocation, setup and final evaluation included
         "versions": _versions(),
     }
+    # Every worker strips (reading mirrored BatchNorm statistics is a collective op); the chief writes.
+    stripped = onexn_tf.strip(model) if onexn_tf.pruning_wrappers(model) else model
     if chief:
-        stripped = onexn_tf.strip(model) if onexn_tf.pruning_wrappers(model) else model
         with files.atomic_path(job / "model.keras") as tmp:
             stripped.save(tmp)
         files.write_json(job / "permutations.json",
