@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import onexn_tf
-from onexn_tf import files, inspect, masks, models, rearrange
+from onexn_tf import files, inspect, masks, models, provenance, rearrange
 from onexn_tf._keras import keras, tf
 from training import cli, data, distribute, recipe
 
@@ -166,6 +165,33 @@ def make_schedule(args, steps_per_epoch: int):
                                     frequency=args.pruning_frequency)
 
 
+def args_from_config(config: dict) -> argparse.Namespace:
+    """The Namespace a job was started with (its config.json), with today's defaults for anything new."""
+    args = build_parser().parse_args(["--job-dir", config["job_dir"]])
+    for key, value in config.items():
+        if hasattr(args, key):
+            setattr(args, key, Path(value) if key == "job_dir" else value)
+    return args
+
+
+def rebuild_pruned_model(job: Path, checkpoint: str = "best"):
+    """The job's pruned training model (wrappers, masks, permutations) restored from a checkpoint."""
+    config = json.loads((job / "config.json").read_text())
+    if "num_classes" not in config:
+        raise cli.UsageError(f"{job / 'config.json'} lacks num_classes (written by an older onexn-train)")
+    prefix = job / "checkpoints" / checkpoint
+    if not Path(f"{prefix}.index").exists():
+        raise cli.UsageError(f"job {job} has no '{checkpoint}' checkpoint ({prefix}.index)")
+    args = args_from_config(config)
+    if args.pretrained_model == "imagenet" or (args.pretrained_model and not Path(args.pretrained_model).exists()):
+        args.pretrained_model = None  # only the architecture matters: the checkpoint holds every weight
+    model = build_training_model(args, config["num_classes"], config["steps_per_epoch"])
+    status = model.load_weights(str(prefix))
+    status.assert_existing_objects_matched()  # every model variable restored (optimizer slots may be left)
+    status.expect_partial()
+    return model, args
+
+
 def build_training_model(args, classes: int, steps_per_epoch: int):
     model = load_pretrained(args, classes)
     if args.bn_momentum is not None:
@@ -225,13 +251,6 @@ def read_log(path: Path) -> list[dict]:
     return sorted({row["epoch"]: row for row in rows}.values(), key=lambda row: row["epoch"])
 
 
-def _versions() -> dict:
-    import tensorflow_model_optimization as tfmot
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": keras.__version__,
-            "tfmot": tfmot.__version__, "onexn_tf": onexn_tf.__version__}
-
-
 def run_job(args) -> dict:
     """Run (or resume) a training job; returns the results written to ``results.json``."""
     started = time.time()
@@ -252,7 +271,8 @@ def run_job(args) -> dict:
     chief = distribute.is_chief(strategy)
     if chief:
         (job / "checkpoints").mkdir(parents=True, exist_ok=True)
-        files.write_json(job / "config.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+        files.write_json(job / "config.json", {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                               "num_classes": splits.num_classes, "steps_per_epoch": steps_per_epoch})
 
     history = read_log(job / "log.csv")
     best_so_far = max((row.get("val_top1", -1.0) for row in history), default=None)
@@ -294,7 +314,7 @@ def run_job(args) -> dict:
         "layers": inspect.to_dicts(inspect.report(model)) if onexn_tf.pruning_wrappers(model) else [],
         "epochs_time_s": round(sum(row.get("epoch_time_s", 0.0) for row in history), 1),  # all runs of the job
         "wall_time_s": round(time.time() - started, 1),  # this invocation, setup and final evaluation included
-        "versions": _versions(),
+        "versions": provenance.tool_versions(),
     }
     # Every worker strips (reading mirrored BatchNorm statistics is a collective op); the chief writes.
     stripped = onexn_tf.strip(model) if onexn_tf.pruning_wrappers(model) else model
