@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,export]"
+	$(BIN)/python -m pip install --quiet -e ".[test,export,tvm]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,8 +12,6 @@ import dataclasses
 
 import numpy as np
 
-from onexn_tf import masks
-
 
 class VerificationError(Exception):
     """An exported artifact does not match the Keras model."""
@@ -59,7 +57,7 @@ class PatternMatch:
             self.expected_zero_blocks is None or self.zero_blocks == self.expected_zero_blocks)
 
 
-def match_zero_patterns(expected: dict, tensors: dict, spec: masks.MaskSpec, targets: dict) -> list[PatternMatch]:
+def match_zero_patterns(expected: dict, tensors: dict, spec: "masks.MaskSpec", targets: dict) -> list[PatternMatch]:
     """For each pruned layer (``expected``: name -> Keras kernel whose zeros are the mask), find an
     artifact tensor (``tensors``: name -> array) with the same zero pattern in some layout, each
     tensor used once; then check the found weight is exactly 1×N (natural order) at the target."""
@@ -89,6 +87,8 @@ def match_zero_patterns(expected: dict, tensors: dict, spec: masks.MaskSpec, tar
             continue
         name, layout, as_keras = found
         used.add(name)
+        from onexn_tf import masks  # imports TensorFlow: only here, so the TVM tools start without it
+
         counts = masks.block_counts(as_keras, spec)
         target = targets.get(layer)
         results.append(PatternMatch(layer, name, layout, float((as_keras == 0).mean()), counts.zero_blocks,

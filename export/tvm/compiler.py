@@ -1,0 +1,232 @@
+"""ONNX -> Relax -> (BSR rewrite, tuning) -> verified library for a named target, plus a sidecar JSON.
+
+The steps, each in its own module: :mod:`onnx_graph` (static batch, folded pads), :mod:`rewrite`
+(pointwise layers -> BSR kernels), :mod:`tuning` (BSR knobs measured, dense tasks MetaSchedule-tuned,
+both cached in ``work_dir``), :mod:`targets` (target dict and linker). Nothing is written unless the
+compiled graph reproduces onnxruntime on the original ONNX model within ``rtol``: the host build
+itself, or for a cross target a host build of the same rewritten graph (the device code differs only
+in codegen and tuned dense schedules).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.tvm import onnx_graph, rewrite, targets, tuning
+from export.verify import VerificationError, compare_outputs
+from onexn_tf import files, provenance
+from onexn_tf.errors import InvalidArgument
+
+
+@dataclasses.dataclass
+class Options:
+    target: str = "host"
+    mcpu: str | None = None
+    num_cores: int | None = None
+    bsr: int = 4
+    bsc: int = 1
+    min_sparsity: float = 0.2
+    dense: bool = False  # no BSR rewrite: the dense baseline build
+    trials: int = 0  # MetaSchedule trials per dense task (0: untuned)
+    tune_bsr: bool = True  # measure the BSR kernels' knobs (else defaults)
+    rpc: tuning.Rpc | None = None  # measure on this device instead of here
+    rtol: float = 1e-4
+    samples: int = 2
+    seed: int = 0
+    progress: bool = True
+
+
+def sidecar_path(output) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check(options: Options):
+    from export.tvm import bsr as bsr_format
+
+    bsr_format.check_block(options.bsr, options.bsc)
+    if not 0.0 <= options.min_sparsity <= 1.0:
+        raise InvalidArgument(f"--min-sparsity={options.min_sparsity} must be in [0, 1]")
+    if options.samples < 1:
+        raise InvalidArgument(f"--samples={options.samples} must be >= 1")
+    if options.rtol <= 0:
+        raise InvalidArgument(f"--rtol={options.rtol} must be > 0")
+
+
+def import_onnx(path):
+    """(Relax module, input name, input shape, prepared ONNX model, pads folded)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx_graph.load(path)
+    name, shape = onnx_graph.input_shape(model)
+    model = onnx_graph.simplify(model, batch=shape[0])
+    model, folded = onnx_graph.fold_pads(model)
+    return from_onnx(model, shape_dict={name: list(shape)}), name, shape, model, folded
+
+
+def run_vm(executable, inputs: list[np.ndarray], device=None) -> list[np.ndarray]:
+    """Outputs (first output of each call) of a Relax executable on host inputs."""
+    import tvm
+    from tvm import relax
+
+    device = device or tvm.cpu()
+    vm = relax.VirtualMachine(executable, device)
+    outputs = []
+    for x in inputs:
+        out = vm["main"](tvm.runtime.tensor(x, device=device))
+        while isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
+            out = out[0]
+        outputs.append(out.numpy())
+    return outputs
+
+
+def reference_outputs(onnx_path, name, inputs) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return [session.run(None, {name: x})[0] for x in inputs]
+
+
+def build(prepared, spec: targets.TargetSpec, work_dir):
+    """Compile a fused module, applying whatever MetaSchedule records ``work_dir`` holds."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database = tuning.open_database(work_dir)
+    return ms.relax_integration.compile_relax(database, prepared, spec.target(), params=None)
+
+
+def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options(), log=print) -> dict:
+    """Compile ``onnx_path`` for ``options.target`` into ``output`` (.so or .tar) and its sidecar JSON;
+    returns the sidecar. Raises InvalidArgument for bad input, VerificationError for a wrong build."""
+    _check(options)
+    started = time.time()
+    spec = targets.resolve(options.target, mcpu=options.mcpu, num_cores=options.num_cores)
+    output = targets.check_library_path(output)
+    fcompile, linker = targets.linker(spec, output)  # a missing cross compiler fails before any work
+    work_dir = Path(work_dir) if work_dir else output.parent / "tvm_tuning"
+    files.check_writable_dir(output.parent)
+    files.check_writable_dir(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+
+    t = time.time()
+    mod, name, shape, _, folded = import_onnx(onnx_path)
+    if options.dense:
+        plan = rewrite.Plan(rewrite.canonicalize_clip(mod), [], [], [], [])
+    else:
+        plan = rewrite.plan_bsr(mod, bsr=options.bsr, bsc=options.bsc, min_sparsity=options.min_sparsity)
+    seconds["import"] = time.time() - t
+    log(f"imported {Path(onnx_path).name}: input {name} {list(shape)}; {len(plan.layers)} layers to BSR "
+        f"(bsr={options.bsr}), {len(plan.skipped)} pointwise layers left dense")
+
+    t = time.time()
+    entries = {}
+    if plan.layers and options.tune_bsr:
+        cross = None if spec.is_host else fcompile
+        entries = tuning.search_bsr_knobs(plan.layers, plan.matrices, spec, work_dir, rpc=options.rpc,
+                                          cross_compiler=cross, progress=options.progress)
+        knobs_for = tuning.knobs_from(entries, spec)
+    else:
+        knobs_for = lambda shape_, _epilogue: tuning.default_knobs(shape_, spec)  # noqa: E731
+    new = rewrite.apply_plan(plan, knobs_for)
+    prepared = tuning.zero_pipeline(new)
+    seconds["bsr_tuning"] = time.time() - t
+
+    t = time.time()
+    dense = None
+    if options.trials:
+        compiler = targets.cross_compiler_name(spec)
+        dense = tuning.tune_dense(prepared, spec, work_dir, trials_per_task=options.trials, rpc=options.rpc,
+                                  cross_compiler=compiler, progress=options.progress, seed=options.seed)
+        log(f"dense tasks: {dense.tasks}, new trials {dense.new_trials}, reused {dense.reused_trials} "
+            f"({dense.seconds:.0f} s)")
+    seconds["dense_tuning"] = time.time() - t
+
+    t = time.time()
+    executable = build(prepared, spec, work_dir)
+    seconds["build"] = time.time() - t
+
+    t = time.time()
+    rng = np.random.default_rng(options.seed)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for _ in range(options.samples)]
+    if spec.is_host:
+        check_exe, verified_on = executable, "the host build itself"
+    else:
+        host = targets.resolve("host")
+        check_exe = build(tuning.zero_pipeline(new), host, work_dir)
+        verified_on = "a host build of the same rewritten graph"
+    actual = np.concatenate(run_vm(check_exe, inputs))
+    reference = np.concatenate(reference_outputs(onnx_path, name, inputs))
+    check = compare_outputs(reference, actual, options.rtol)
+    seconds["verify"] = time.time() - t
+    verification = {"max_rel_error": check.max_rel_error, "max_abs_error": check.max_abs_error, "rtol": options.rtol,
+                    "samples": options.samples, "reference": "onnxruntime on the original ONNX model",
+                    "on": verified_on, "passed": check.passed}
+    if not check.passed:
+        raise VerificationError(f"compiled module differs from onnxruntime: max relative error "
+                                f"{check.max_rel_error:.3g} > rtol {options.rtol}")
+    log(f"verified against onnxruntime: max relative error {check.max_rel_error:.2e} ({verified_on})")
+
+    t = time.time()
+    with files.atomic_path(output) as tmp, _native_stderr_silenced():
+        if fcompile is None:
+            executable.export_library(str(tmp))
+        else:
+            executable.export_library(str(tmp), fcompile=fcompile)
+    seconds["export"] = time.time() - t
+    seconds["total"] = time.time() - started
+
+    sidecar = {
+        "artifact": output.name,
+        "source": {"onnx": str(onnx_path), "sha256": _sha256(onnx_path), "input": name, "shape": list(shape),
+                   "pads_folded": folded},
+        "target": {"name": spec.name, "config": spec.config, "linker": linker, "vector_lanes": spec.vector_lanes()},
+        "bsr": None if options.dense else {"bsr": options.bsr, "bsc": options.bsc, "min_sparsity": options.min_sparsity},
+        "layers": [_layer_record(layer, entries, spec) for layer in plan.layers],
+        "dense_pointwise": [dataclasses.asdict(s) for s in plan.skipped],
+        "tuning": {"work_dir": str(work_dir), "bsr_knobs": str(work_dir / tuning.KNOBS_FILE) if entries else None,
+                   "bsr_knobs_measured_on": ("rpc" if options.rpc else "local") if entries else None,
+                   "metaschedule": dataclasses.asdict(dense) if dense else None},
+        "verification": verification,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "tools": provenance.tool_versions(),
+    }
+    files.write_json(sidecar_path(output), sidecar)
+    return sidecar
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """TVM 0.27 logs one "Scope Saving" warning line per constant from C++ while exporting a VM
+    executable; Python exceptions still carry any real error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _layer_record(layer, entries, spec) -> dict:
+    entry = entries.get(tuning._key(spec, layer.shape, layer.epilogue), {})
+    return {"name": layer.name, "kind": layer.kind, "shape": dataclasses.asdict(layer.shape),
+            "block_sparsity": round(layer.block_sparsity, 6), "epilogue": dataclasses.asdict(layer.epilogue),
+            "knobs": dataclasses.asdict(layer.knobs), "kernel_ms": entry.get("ms")}

@@ -1,0 +1,142 @@
+"""ONNX graph preparation before the Relax import: load with clear errors, fold Pad into Conv.
+
+tf2onnx writes Keras' ``ZeroPadding2D`` + ``valid`` conv as ``Pad -> Conv``. Relax imports the Pad as a
+separate PrimFunc, which MetaSchedule then fuses into the conv and, in TVM 0.27, miscompiles (the
+last padded row/column is never written: ~8 % output error). Folding a constant zero Pad over the
+spatial axes into the Conv's own ``pads`` gives the same arithmetic and removes the trap.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from onexn_tf.errors import InvalidArgument
+
+
+def load(path) -> "onnx.ModelProto":
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(f"ONNX model {path} does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # onnx raises DecodeError / various parse errors for non-ONNX bytes
+        raise InvalidArgument(f"{path} is not an ONNX model ({type(error).__name__})") from None
+    if not model.graph.node:
+        raise InvalidArgument(f"{path} is not an ONNX model (no graph nodes)")
+    return model
+
+
+def input_shape(model) -> tuple[str, tuple[int, ...]]:
+    """Name and static shape of the single graph input (a dynamic batch becomes 1)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidArgument(f"the ONNX model has {len(inputs)} inputs; exactly one image input is supported")
+    dims = []
+    for i, d in enumerate(inputs[0].type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(1)
+        else:
+            raise InvalidArgument(f"input {inputs[0].name!r} has a dynamic dimension {i}: export with a fixed image size")
+    return inputs[0].name, tuple(dims)
+
+
+def simplify(model, batch: int = 1):
+    """Fix the batch size and let onnxruntime's basic (ONNX-standard) optimizations fold what is
+    constant. tf2onnx leaves ``Shape -> Gather -> Concat -> Reshape`` chains for a dynamic batch,
+    which the Relax importer cannot turn into static shapes."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    initializers = {t.name for t in model.graph.initializer}
+    graph_input = next(i for i in model.graph.input if i.name not in initializers)
+    graph_input.type.tensor_type.shape.dim[0].dim_value = batch
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = os.path.join(tmp, "simplified.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
+
+
+def _constant(model, name):
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def _zero_spatial_pads(model, pad) -> list[int] | None:
+    """The [top, left, bottom, right] of a constant-zero NCHW Pad touching only H and W, else None."""
+    attrs = {a.name: a for a in pad.attribute}
+    mode = attrs["mode"].s.decode() if "mode" in attrs else "constant"
+    if mode != "constant":
+        return None
+    if "pads" in attrs:  # opset < 11
+        pads = list(attrs["pads"].ints)
+        value = attrs["value"].f if "value" in attrs else 0.0
+    else:
+        pads = _constant(model, pad.input[1]) if len(pad.input) > 1 else None
+        if pads is None:
+            return None
+        pads = [int(p) for p in pads]
+        value = 0.0
+        if len(pad.input) > 2 and pad.input[2]:
+            v = _constant(model, pad.input[2])
+            if v is None:
+                return None
+            value = float(np.asarray(v).reshape(-1)[0]) if np.size(v) else 0.0
+        if len(pad.input) > 3 and pad.input[3]:  # opset 18 "axes": rare, keep it simple
+            return None
+    if len(pads) != 8 or value != 0.0 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def fold_pads(model) -> tuple["onnx.ModelProto", int]:
+    """Fold every ``Pad -> Conv`` (zero, spatial, Pad used only by that Conv) into the Conv; returns a copy."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    folded = []
+    for pad in model.graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in graph_outputs:
+            continue
+        users = consumers.get(pad.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0]:
+            continue
+        conv = users[0]
+        extra = _zero_spatial_pads(model, pad)
+        attrs = {a.name: a for a in conv.attribute}
+        if extra is None or ("auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET")):
+            continue
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        if len(old) != 4:
+            continue
+        new = [a + b for a, b in zip(old, extra)]  # ONNX Conv pads: [top, left, bottom, right]
+        if "pads" in attrs:
+            conv.attribute.remove(attrs["pads"])
+        conv.attribute.append(onnx.helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        model.graph.node.remove(pad)
+    return model, len(folded)

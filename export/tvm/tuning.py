@@ -1,0 +1,309 @@
+"""Tuning: MetaSchedule for the dense remainder, a measured knob search for our BSR kernels.
+
+MetaSchedule cannot tune the BSR kernels (their inner loop runs over ``indptr``, which its search space
+cannot tile and its runner fills with random indices), so those are timed here with their real
+weights over :func:`kernels.candidate_knobs`; the dense tasks (stem, depthwise, pooling, layers left
+dense) go through MetaSchedule. Both write into the job's tuning directory, so a rerun reuses every
+measurement: a task already holding ``trials`` records is not tuned again, a partly tuned one (a run
+that was stopped) gets only the missing trials, identical tasks are tuned once.
+
+TVM 0.27 trap handled here: MetaSchedule imports ``tvm.s_tir.tensor_intrin`` in every builder
+worker and tune context (~40 s here, against a 30 s build timeout); :mod:`ms_builder` registers only
+the CPU intrinsics instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.tvm import kernels
+from export.tvm.ms_builder import build_without_intrinsics, cpu_tensor_intrinsics, export_with
+from export.tvm.targets import TargetSpec
+from onexn_tf import files
+from onexn_tf.errors import InvalidArgument
+
+BSR_PREFIX = "bsr_"
+MS_DIR = "metaschedule"
+KNOBS_FILE = "bsr_knobs.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rpc:
+    """Where to measure: a TVM RPC tracker (``key`` given) or a server directly."""
+
+    host: str
+    port: int
+    key: str | None = None
+    priority: int = 1
+    session_timeout: int = 60
+
+    def connect(self):
+        from tvm import rpc
+
+        if self.key:
+            return rpc.connect_tracker(self.host, self.port).request(
+                self.key, priority=self.priority, session_timeout=self.session_timeout)
+        return rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
+
+
+def zero_pipeline(mod):
+    """Legalize + fuse, exactly as ``compile_relax`` does before applying a database (so keys match)."""
+    import tvm
+    from tvm import relax
+
+    seq = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                    relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                    relax.transform.FuseTIR()])
+    with tvm.transform.PassContext(opt_level=3):
+        return seq(mod)
+
+
+def dense_tasks(prepared, target):
+    """MetaSchedule tasks of a fused module, without our hand-scheduled BSR kernels."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return [t for t in ms.relax_integration.extract_tasks(prepared, target)
+            if not t.task_name.startswith(BSR_PREFIX)]
+
+
+def open_database(work_dir):
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(work_dir) / MS_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(path / "database_workload.json"), str(path / "database_tuning_record.json"),
+                                    allow_missing=True)
+
+
+def search_strategy(trials_per_task: int):
+    """Evolutionary search sized to the budget: its defaults (population 512, 4 generations) spend
+    ~20 s per task per round here, which dwarfs the measurements of a small budget."""
+    from tvm.s_tir import meta_schedule as ms
+
+    population = int(min(512, max(64, 8 * trials_per_task)))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population // 4),
+        genetic_num_iters=2 if trials_per_task < 32 else 4)
+
+
+def _records(database, task) -> int:
+    if not database.has_workload(task.dispatched[0]):
+        return 0
+    workload = database.commit_workload(task.dispatched[0])
+    return len(database.get_top_k(workload, 1 << 20))
+
+
+LEDGER_FILE = "trials.json"
+
+
+def _task_key(task, spec: TargetSpec) -> str:
+    import tvm_ffi
+
+    return f"{json.dumps(spec.config, sort_keys=True)}|{tvm_ffi.structural_hash(task.dispatched[0])}"
+
+
+def _trials_done(database, ledger: dict, task, spec) -> int:
+    """Trials a task has had: the ledger (written when a tuning round ends; it also counts tasks whose
+    whole search space is smaller than the budget) or, after a stopped run, the records that landed."""
+    return max(ledger.get(_task_key(task, spec), 0), _records(database, task))
+
+
+@dataclasses.dataclass
+class DenseTuning:
+    tasks: int
+    trials_per_task: int
+    new_trials: int  # measured in this run
+    reused_trials: int  # already in the database (or known to be the task's whole search space)
+    seconds: float
+    database: str
+
+
+def tune_dense(prepared, spec: TargetSpec, work_dir, *, trials_per_task: int, rpc: Rpc | None = None,
+               cross_compiler: str | None = None, progress: bool = True, seed: int = 0) -> DenseTuning:
+    """MetaSchedule-tune the dense tasks of ``prepared`` (a fused module) up to ``trials_per_task``
+    records each, continuing from the database in ``work_dir``."""
+    from tqdm import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials_per_task < 0:
+        raise InvalidArgument(f"--trials={trials_per_task} must be >= 0")
+    cpu_tensor_intrinsics()
+    target = spec.target()
+    start = time.time()
+    database = open_database(work_dir)
+    tasks = dense_tasks(prepared, target)
+    ledger_path = Path(work_dir) / MS_DIR / LEDGER_FILE
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    todo = [(task, max(0, trials_per_task - _trials_done(database, ledger, task, spec))) for task in tasks]
+    reused = sum(trials_per_task - missing for _, missing in todo)
+    todo = [(task, missing) for task, missing in todo if missing > 0]
+    before = len(database)
+    if todo:
+        builder = ms.builder.LocalBuilder(
+            max_workers=max(1, int(spec.config["num-cores"]) if spec.is_host else os.cpu_count() or 1),
+            timeout_sec=60, f_build=build_without_intrinsics,
+            f_export=None if spec.is_host else functools.partial(export_with, cross_compiler))
+        runner = "local" if rpc is None else ms.runner.RPCRunner(ms.runner.RPCConfig(
+            tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key, session_priority=rpc.priority,
+            session_timeout_sec=rpc.session_timeout))
+        if rpc is not None and not rpc.key:
+            raise InvalidArgument("MetaSchedule measures over RPC through a tracker: give --rpc-key")
+        groups: dict[int, list] = {}  # usually one group: all untuned, or all stopped at the same count
+        for task, missing in todo:
+            groups.setdefault(missing, []).append(task)
+        bar = tqdm(total=sum(m for _, m in todo), unit="trial", desc="tuning dense tasks", disable=not progress)
+        for missing, group in groups.items():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                group, str(Path(work_dir) / MS_DIR), strategy=search_strategy(missing), seed=seed)
+            with _quiet_tvm_logs(), _TrialProgress(bar, database):
+                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(Path(work_dir) / MS_DIR),
+                              max_trials_global=missing * len(group), max_trials_per_task=missing,
+                              num_trials_per_iter=min(missing, 32), builder=builder, runner=runner, database=database)
+            for task in group:
+                key = _task_key(task, spec)
+                ledger[key] = max(ledger.get(key, 0), trials_per_task)
+            files.write_json(ledger_path, ledger)
+        bar.update(bar.total - bar.n)
+        bar.close()
+    return DenseTuning(len(tasks), trials_per_task, len(database) - before, reused, time.time() - start,
+                       str(Path(work_dir) / MS_DIR))
+
+
+class _TrialProgress:
+    """Moves the progress bar as tuning records land in the database (polled from a thread)."""
+
+    def __init__(self, bar, database, every: float = 1.0):
+        import threading
+
+        self.bar, self.database, self.every = bar, database, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.start = None
+
+    def _poll(self):
+        while not self.stop.wait(self.every):
+            reached = min(self.base + len(self.database) - self.start, self.bar.total)
+            if reached > self.bar.n:
+                self.bar.update(reached - self.bar.n)
+
+    def __enter__(self):
+        self.start, self.base = len(self.database), self.bar.n
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def _quiet_tvm_logs():
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("tvm.s_tir.meta_schedule", "tvm.meta_schedule")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# --- BSR knob search -----------------------------------------------------------------------------
+
+def _key(spec: TargetSpec, shape: kernels.ConvShape, epilogue: kernels.Epilogue) -> str:
+    target = json.dumps(spec.config, sort_keys=True)
+    return json.dumps([target, dataclasses.astuple(shape), dataclasses.astuple(epilogue)])
+
+
+class _Timer:
+    """Times one built kernel, here or on an RPC device, with real (data, indices, indptr) arguments."""
+
+    def __init__(self, spec: TargetSpec, rpc: Rpc | None, cross_compiler):
+        import tvm
+
+        self.spec, self.rpc, self.cross_compiler = spec, rpc, cross_compiler
+        self.session = rpc.connect() if rpc else None
+        self.device = self.session.cpu() if self.session else tvm.cpu()
+        self.count = 0
+
+    def __call__(self, func, args: list[np.ndarray], repeat: int) -> float:
+        import tvm
+
+        lib = tvm.compile(func, target=self.spec.target())
+        if self.session:
+            # a new name each time: the device's dlopen caches libraries by path
+            self.count += 1
+            name = f"onexn_bsr_candidate_{os.getpid()}_{self.count}.so"
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, name)
+                lib.export_library(path, fcompile=self.cross_compiler)
+                self.session.upload(path)
+                lib = self.session.load_module(name)
+        else:
+            lib = lib.jit()
+        tensors = [tvm.runtime.tensor(a, device=self.device) for a in args]
+        timer = lib.time_evaluator(str(func.attrs["global_symbol"]), self.device, number=1, repeat=repeat, min_repeat_ms=20)
+        return float(np.median(timer(*tensors).results)) * 1e3
+
+
+def search_bsr_knobs(layers, matrices, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None,
+                     cross_compiler=None, repeat: int = 5, progress: bool = True) -> dict:
+    """Fastest :class:`kernels.Knobs` per (shape, epilogue) of ``layers`` (RewrittenLayer list, with
+    their Bsr ``matrices``), measured and cached in ``work_dir``/bsr_knobs.json. Returns key -> entry."""
+    from tqdm import tqdm
+
+    path = Path(work_dir) / KNOBS_FILE
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    lanes = spec.vector_lanes()
+    todo = {}
+    for layer, matrix in zip(layers, matrices):
+        key = _key(spec, layer.shape, layer.epilogue)
+        if key not in cache and key not in todo:
+            todo[key] = (layer, matrix)
+    if todo:
+        timer = _Timer(spec, rpc, cross_compiler)
+        rng = np.random.default_rng(0)
+        bar = tqdm(total=len(todo), unit="layer", desc="tuning BSR kernels", disable=not progress)
+        for key, (layer, matrix) in todo.items():
+            shape = layer.shape
+            x = rng.standard_normal((shape.batch, shape.c_in, shape.height, shape.width)).astype(np.float32)
+            data = matrix.data if matrix.nnz else np.zeros((1, shape.bsr), np.float32)
+            indices = matrix.indices if matrix.nnz else np.zeros((1,), np.int32)
+            args = [x, data, indices, matrix.indptr, np.zeros(shape.block_rows * shape.bsr, np.float32),
+                    np.zeros((shape.batch, shape.c_out, shape.height, shape.width), np.float32)]
+            timings = []
+            for knobs in kernels.candidate_knobs(shape, lanes, int(spec.config["num-cores"])):
+                func = kernels.bsr_conv1x1(shape, layer.epilogue, knobs, name="bsr_candidate")
+                timings.append((timer(func, args, repeat), knobs))
+            best_ms, best = min(timings, key=lambda t: t[0])
+            cache[key] = {"knobs": dataclasses.asdict(best), "ms": best_ms,
+                          "candidates": [[dataclasses.asdict(k), ms] for ms, k in timings]}
+            files.write_json(path, cache)  # after every layer: a stopped search resumes here
+            bar.update(1)
+        bar.close()
+    return {_key(spec, l.shape, l.epilogue): cache[_key(spec, l.shape, l.epilogue)] for l in layers}
+
+
+def knobs_from(entries: dict, spec: TargetSpec):
+    """A ``knobs_for(shape, epilogue)`` for :func:`rewrite.rewrite_bsr` from searched entries."""
+    def knobs_for(shape, epilogue):
+        entry = entries.get(_key(spec, shape, epilogue))
+        return kernels.Knobs(**entry["knobs"]) if entry else default_knobs(shape, spec)
+    return knobs_for
+
+
+def default_knobs(shape: kernels.ConvShape, spec: TargetSpec) -> kernels.Knobs:
+    """Untuned choice: two vectors of pixels per tile, block rows in parallel."""
+    lanes = spec.vector_lanes()
+    return kernels.Knobs(min(2 * lanes, max(lanes, shape.pixels)), "rows")
