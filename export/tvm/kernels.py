@@ -126,7 +126,7 @@ def _parsed_kernel(bsr: int, epilogue: Epilogue, PT: int, parallel: str, partial
 
     @T.prim_func
     def kernel(x: T.handle, d: T.handle, i: T.handle, p: T.handle, b: T.handle, y: T.handle):
-        T.func_attr({"global_symbol": "bsr_conv1x1", "tirx.noalias": True, "tir.is_scheduled": True,
+        T.func_attr({"global_symbol": "bsr_conv1x1", "tirx.noalias": True, "tirx.is_scheduled": True,
                      "op_pattern": 8})
         N, C_in, H, W, C_out = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
         R1, RB, nnz = T.int32(), T.int32(), T.int32()  # block rows + 1, block rows * bsr, stored blocks
