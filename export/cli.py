@@ -21,9 +21,7 @@ from training import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onexn-export", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = cli.doc_parser("onexn-export", __doc__)
     p.add_argument("source", type=Path, help="pruned or stripped model (.keras / .h5 / SavedModel) or a job dir")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--formats", nargs="+", default=list(exporter.DEFAULT_FORMATS), choices=exporter.FORMATS)

@@ -12,6 +12,14 @@ class UsageError(InvalidArgument):
     """A mistake in what the user asked for (reported without a traceback)."""
 
 
+def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the module docstring's first line and whose epilog (examples,
+    exit codes) is the rest, kept as written."""
+    lines = doc.splitlines()
+    return argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(lines[2:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run ``main``; a caller's mistake (InvalidArgument, including UsageError) or a

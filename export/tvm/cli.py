@@ -31,9 +31,9 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onexn-tvm", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    from training import cli
+
+    p = cli.doc_parser("onexn-tvm", __doc__)
     p.add_argument("onnx", type=Path, help="ONNX model (from onexn-export; NHWC or NCHW input)")
     p.add_argument("--out", type=Path, required=True, help="compiled library: .so (linked) or .tar (objects)")
     p.add_argument("--target", default="host", help=f"one of {', '.join(targets.TARGET_NAMES)}")

@@ -64,6 +64,8 @@ def _check(options: Options):
         raise InvalidArgument(f"--min-sparsity={options.min_sparsity} must be in [0, 1]")
     if options.samples < 1:
         raise InvalidArgument(f"--samples={options.samples} must be >= 1")
+    if options.trials and options.rpc is not None and not options.rpc.key:
+        raise InvalidArgument("MetaSchedule measures over RPC through a tracker: give --rpc-tracker and --rpc-key")
     if options.rtol <= 0:
         raise InvalidArgument(f"--rtol={options.rtol} must be > 0")
 
@@ -193,10 +195,7 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
 
     t = time.time()
     with files.atomic_path(output) as tmp, _native_stderr_silenced():
-        if fcompile is None:
-            executable.export_library(str(tmp))
-        else:
-            executable.export_library(str(tmp), fcompile=fcompile)
+        executable.export_library(str(tmp), fcompile=fcompile)
     seconds["export"] = time.time() - t
     seconds["total"] = time.time() - started
 

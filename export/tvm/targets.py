@@ -106,14 +106,13 @@ def linker(spec: TargetSpec, output) -> tuple:
         return tar.tar, "tar of object files"
     if spec.is_host:
         return None, "system C++ compiler"
+    compiler = cross_compiler_name(spec)
     if spec.name == "android-arm64":
-        compiler = os.environ.get("TVM_NDK_CC")
         if not compiler or not shutil.which(compiler):
             raise InvalidArgument(
                 f"no Android linker: set TVM_NDK_CC to the NDK's aarch64-linux-android<API>-clang++ "
                 f"(now {compiler!r}), or write a .tar of objects instead of {output.name}")
         return ndk.create_shared, f"NDK {compiler}"
-    compiler = _CROSS[spec.name]
     if not shutil.which(compiler):
         raise InvalidArgument(f"cross compiler {compiler} not found: apt install g++-aarch64-linux-gnu, "
                               f"or write a .tar of objects instead of {output.name}")

@@ -135,6 +135,8 @@ def tune_dense(prepared, spec: TargetSpec, work_dir, *, trials_per_task: int, rp
 
     if trials_per_task < 0:
         raise InvalidArgument(f"--trials={trials_per_task} must be >= 0")
+    if rpc is not None and not rpc.key:
+        raise InvalidArgument("MetaSchedule measures over RPC through a tracker: give --rpc-tracker and --rpc-key")
     cpu_tensor_intrinsics()
     target = spec.target()
     start = time.time()
@@ -154,8 +156,6 @@ def tune_dense(prepared, spec: TargetSpec, work_dir, *, trials_per_task: int, rp
         runner = "local" if rpc is None else ms.runner.RPCRunner(ms.runner.RPCConfig(
             tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key, session_priority=rpc.priority,
             session_timeout_sec=rpc.session_timeout))
-        if rpc is not None and not rpc.key:
-            raise InvalidArgument("MetaSchedule measures over RPC through a tracker: give --rpc-key")
         groups: dict[int, list] = {}  # usually one group: all untuned, or all stopped at the same count
         for task, missing in todo:
             groups.setdefault(missing, []).append(task)
@@ -292,7 +292,8 @@ def search_bsr_knobs(layers, matrices, spec: TargetSpec, work_dir, *, rpc: Rpc |
             files.write_json(path, cache)  # after every layer: a stopped search resumes here
             bar.update(1)
         bar.close()
-    return {_key(spec, l.shape, l.epilogue): cache[_key(spec, l.shape, l.epilogue)] for l in layers}
+    keys = (_key(spec, layer.shape, layer.epilogue) for layer in layers)
+    return {key: cache[key] for key in keys}
 
 
 def knobs_from(entries: dict, spec: TargetSpec):
