@@ -12,6 +12,14 @@ class UsageError(InvalidArgument):
     """A mistake in what the user asked for (reported without a traceback)."""
 
 
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type for ``HOST:PORT`` (an RPC tracker or server address)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (a port in 1..65535)")
+    return host, int(port)
+
+
 def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A parser whose description is the module docstring's first line and whose epilog (examples,
     exit codes) is the rest, kept as written."""

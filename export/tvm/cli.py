@@ -23,13 +23,6 @@ from export.tvm import targets
 from onexn_tf.errors import InvalidArgument
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from training import cli
 
@@ -47,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per dense task (0: untuned)")
     p.add_argument("--no-tune-bsr", action="store_true", help="default BSR knobs instead of a measured search")
     p.add_argument("--work-dir", type=Path, help="tuning records (default: <out dir>/tvm_tuning)")
-    p.add_argument("--rpc-tracker", type=_host_port, metavar="HOST:PORT", help="measure through this RPC tracker")
+    p.add_argument("--rpc-tracker", type=cli.host_port, metavar="HOST:PORT", help="measure through this RPC tracker")
     p.add_argument("--rpc-key", help="device key at the tracker")
-    p.add_argument("--rpc", type=_host_port, metavar="HOST:PORT", help="measure on this RPC server directly")
+    p.add_argument("--rpc", type=cli.host_port, metavar="HOST:PORT", help="measure on this RPC server directly")
     p.add_argument("--rtol", type=float, default=1e-4, help="allowed max |tvm - onnxruntime| / max |onnxruntime|")
     p.add_argument("--samples", type=int, default=2, help="random inputs for verification")
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,92 @@
+"""Opening a TVM RPC session, through a tracker or directly, with bounded retries and clear failures.
+
+TVM's own client waits silently: ``connect_tracker`` retries a refused address for 60 s, and
+``TrackerSession.request`` blocks for as long as no device with the key is free. Here an unreachable
+address is probed (bounded tries with exponential back-off) and the queue wait has a deadline, so a
+typo in the address or the key ends in one line that names it.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+from export.tvm.tuning import Rpc
+from onexn_tf.errors import InvalidArgument
+
+__all__ = ["Rpc", "DeviceUnavailable", "DeviceLost", "open_session", "describe"]
+
+
+class DeviceUnavailable(InvalidArgument):
+    """No session could be had: the address does not answer, or no device with the key got free."""
+
+
+class DeviceLost(RuntimeError):
+    """The device stopped answering during a run (after every reconnection attempt)."""
+
+
+def describe(rpc: Rpc) -> str:
+    return f"tracker {rpc.host}:{rpc.port} key {rpc.key!r}" if rpc.key else f"RPC server {rpc.host}:{rpc.port}"
+
+
+def _probe(rpc: Rpc, retries: int, backoff: float, log) -> None:
+    what = "tracker" if rpc.key else "RPC server"
+    for attempt in range(retries + 1):
+        try:
+            socket.create_connection((rpc.host, rpc.port), timeout=10).close()
+            return
+        except (OSError, UnicodeError) as error:
+            reason = error.strerror or str(error) if isinstance(error, OSError) else str(error)
+            if isinstance(error, socket.gaierror) or attempt == retries:
+                tries = f" ({attempt + 1} tries)" if attempt else ""
+                raise DeviceUnavailable(f"cannot reach the {what} at {rpc.host}:{rpc.port}: {reason}{tries}") from None
+            delay = backoff * 2 ** attempt
+            log(f"the {what} at {rpc.host}:{rpc.port} did not answer ({reason}); retrying in {delay:g} s")
+            time.sleep(delay)
+
+
+def _queue_state(tracker, key: str) -> tuple[dict | None, list[str]]:
+    try:
+        queues = tracker.summary().get("queue_info", {})
+    except Exception:  # an old tracker without a summary: just wait
+        return None, []
+    return queues.get(key), sorted(queues)
+
+
+def open_session(rpc: Rpc, *, queue_timeout: float = 60.0, retries: int = 2, backoff: float = 1.0, log=print):
+    """An RPC session on the device ``rpc`` names. Raises :class:`DeviceUnavailable` (a caller's
+    problem: wrong address, wrong key, every device busy for ``queue_timeout`` seconds)."""
+    from tvm import rpc as tvm_rpc
+
+    _probe(rpc, retries, backoff, log)
+    if not rpc.key:
+        try:
+            return tvm_rpc.connect(rpc.host, rpc.port, session_timeout=rpc.session_timeout)
+        except Exception as error:  # the port answers but is no TVM RPC server
+            raise DeviceUnavailable(f"{describe(rpc)} refused the session: {_message(error)}") from None
+    tracker = tvm_rpc.connect_tracker(rpc.host, rpc.port)
+    queue, keys = _queue_state(tracker, rpc.key)
+    if queue is None:
+        known = ", ".join(repr(k) for k in keys) or "none"
+        log(f"no device is registered under key {rpc.key!r} yet (the tracker has: {known}); "
+            f"waiting up to {queue_timeout:g} s")
+    elif not queue.get("free"):
+        log(f"every device with key {rpc.key!r} is busy ({queue.get('pending', 0)} requests pending); "
+            f"waiting up to {queue_timeout:g} s")
+    tracker._sock.settimeout(queue_timeout)  # TVM's request has no deadline of its own
+    try:
+        return tracker.request(rpc.key, priority=rpc.priority, session_timeout=rpc.session_timeout, max_retry=1)
+    except RuntimeError as error:
+        if "timed out" not in str(error):
+            raise DeviceUnavailable(f"{describe(rpc)}: the tracker could not give a session: "
+                                    f"{_message(error)}") from None
+        _, keys = _queue_state(tvm_rpc.connect_tracker(rpc.host, rpc.port), rpc.key)
+        known = ", ".join(repr(k) for k in keys) or "none"
+        raise DeviceUnavailable(f"no free device with key {rpc.key!r} on the tracker at {rpc.host}:{rpc.port} "
+                                f"within {queue_timeout:g} s (keys with devices: {known})") from None
+    finally:
+        tracker.close()
+
+
+def _message(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__

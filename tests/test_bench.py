@@ -1,0 +1,256 @@
+"""`onexn-bench` over real TVM RPC on loopback: a tracker and x86 servers started here, two compiled
+modules timed interleaved, statistics, result files, and the faults (lost device, wrong key, bad address,
+a module that does not load)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm", reason="the tvm extra is not installed (pip install -e .[tvm])")
+pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (in the tvm extra)")
+onnx = pytest.importorskip("onnx")
+
+from android_bench import cli, results, stats  # noqa: E402
+from android_bench.connection import DeviceUnavailable, Rpc, open_session  # noqa: E402
+from android_bench.modules import write_reference  # noqa: E402
+from export.tvm import compiler  # noqa: E402
+from test_tvm import conv_graph, run_ort, save  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+# --- statistics (pure) ---------------------------------------------------------------------------
+
+def test_summary_statistics_are_ordered_and_exact():
+    s = stats.summarize([4.0, 1.0, 3.0, 2.0, 10.0])
+    assert s["count"] == 5 and s["min"] == 1.0 and s["max"] == 10.0 and s["median"] == 3.0
+    assert s["mean"] == pytest.approx(4.0) and s["std"] == pytest.approx(np.std([4, 1, 3, 2, 10], ddof=1))
+    assert s["p5"] == pytest.approx(1.2) and s["p95"] == pytest.approx(8.8)  # linear interpolation
+    assert stats.summarize([]) == {"count": 0}
+    assert stats.ratio(stats.summarize([6.0]), stats.summarize([2.0])) == pytest.approx(3.0)
+    assert stats.ratio(stats.summarize([6.0]), stats.summarize([])) is None
+
+
+def test_block_weighted_sparsity_counts_blocks():
+    layers = [{"shape": {"c_out": 8, "c_in": 10, "bsr": 4}, "block_sparsity": 0.5},  # 20 blocks
+              {"shape": {"c_out": 6, "c_in": 5, "bsr": 4}, "block_sparsity": 1.0}]  # 2 rows x 5 = 10 blocks
+    assert stats.block_weighted_sparsity(layers) == pytest.approx((10 + 10) / 30)
+    assert stats.block_weighted_sparsity([]) is None
+
+
+# --- real RPC on loopback ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A 1×4-sparse build and a dense build of one small graph, and an onnxruntime reference."""
+    rng = np.random.default_rng(7)
+    out = tmp_path_factory.mktemp("bench_build")
+    model = conv_graph(rng, pad=False, p=0.75, c_in=16, c_mid=64, c_out=64, size=24)
+    path = save(model, out / "g.onnx")
+    options = dict(tune_bsr=False, progress=False)
+    compiler.compile_onnx(path, out / "dense.so", options=compiler.Options(dense=True, **options), log=lambda *_: None)
+    compiler.compile_onnx(path, out / "sparse.so", options=compiler.Options(**options), log=lambda *_: None)
+    x = rng.standard_normal((1, 16, 24, 24)).astype(np.float32)
+    y = run_ort(model, x)
+    assert y.std() > 0.1
+    write_reference(out / "reference.npz", x, y)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    from tvm.rpc.tracker import Tracker
+
+    t = Tracker(host="127.0.0.1", port=9530, port_end=9600, silent=True)
+    yield t
+    t.terminate()
+
+
+def start_server(tracker, key):
+    from tvm import rpc
+
+    return rpc.Server(host="127.0.0.1", port=9610, port_end=9700, key=key, tracker_addr=("127.0.0.1", tracker.port),
+                      silent=True)
+
+
+def wait_for_key(tracker, key, free=1, timeout=30):
+    from tvm import rpc
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queue = rpc.connect_tracker("127.0.0.1", tracker.port).summary()["queue_info"].get(key, {})
+        if queue.get("free", 0) >= free:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no server registered under {key}")
+
+
+def bench_cli(*args, timeout=300):
+    return subprocess.Popen([sys.executable, "-m", "android_bench.cli", *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_interleaved_benchmark_through_a_tracker(built, tracker, tmp_path, capsys):
+    server = start_server(tracker, "x86-loop")
+    try:
+        wait_for_key(tracker, "x86-loop")
+        out = tmp_path / "bench"
+        code = cli.run([str(built / "dense.so"), str(built / "sparse.so"), "--tracker", f"127.0.0.1:{tracker.port}",
+                        "--key", "x86-loop", "--repeat", "12", "--warmup", "2", "--number", "3", "--threads", "1",
+                        "--reference", str(built / "reference.npz"), "--out", str(out), "--quiet"])
+    finally:
+        server.terminate()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / results.JSON_NAME).read_text())
+    assert report["status"] == "complete" and report["rounds_done"] == 12 and not report["emulated"]
+    assert report["threads"]["runtime_threads"] == 1
+    dense, sparse = report["modules"]
+    assert dense["sparsity"] is None and sparse["sparsity"] == pytest.approx(0.75, abs=0.1)
+    for m in (dense, sparse):
+        s = m["stats"]
+        assert m["status"] == "ok" and m["verification"]["passed"] and m["verification"]["max_rel_error"] < 1e-4
+        assert s["count"] == len(m["samples_ms"]) == 12 and all(v > 0 for v in m["samples_ms"])
+        assert s["min"] <= s["p5"] <= s["median"] <= s["p95"] <= s["max"]
+        assert s["min"] <= s["mean"] <= s["max"] and s["std"] >= 0
+        assert s == stats.summarize(m["samples_ms"])
+    assert dense["speedup_vs_first"] == 1.0
+    assert sparse["speedup_vs_first"] == pytest.approx(dense["stats"]["median"] / sparse["stats"]["median"])
+    rows = (out / results.CSV_NAME).read_text().splitlines()
+    assert rows[0].startswith("label,path,sparsity,status,count,mean,median") and len(rows) == 3
+    assert "dense" in printed and "sparse" in printed and "vs first" in printed
+    assert not (out / results.PLOT_NAME).exists()  # one sparsity only: no plot
+
+
+def test_direct_connection_and_a_module_that_does_not_load(built, tmp_path, capsys):
+    from tvm import rpc
+
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"\x7fELF not really a library")
+    server = rpc.Server(host="127.0.0.1", port=9710, port_end=9800, silent=True)
+    try:
+        out = tmp_path / "bench"
+        code = cli.run([str(built / "sparse.so"), str(broken), str(built / "dense.so"), "--host", "127.0.0.1",
+                        "--port", str(server.port), "--repeat", "4", "--warmup", "1", "--sparsity", "0.75",
+                        "--sparsity", "0.9", "--sparsity", "0.0", "--out", str(out), "--quiet"])
+    finally:
+        server.terminate()
+    captured = capsys.readouterr()
+    assert code == 1
+    report = json.loads((out / results.JSON_NAME).read_text())
+    sparse, bad, dense = report["modules"]
+    assert bad["status"] == "load_failed" and "failed to load on the device" in bad["error"]
+    assert bad["stats"] == {"count": 0} and bad["speedup_vs_first"] is None
+    assert sparse["status"] == dense["status"] == "ok" and dense["stats"]["count"] == 4
+    assert "broken: failed to load" in captured.err
+    assert (out / results.PLOT_NAME).stat().st_size > 1000  # sparsities 0 and 0.75 measured
+
+
+def test_killed_server_mid_run_keeps_partial_results(built, tracker, tmp_path):
+    server = start_server(tracker, "x86-doomed")
+    out = tmp_path / "bench"
+    try:
+        wait_for_key(tracker, "x86-doomed")
+        proc = bench_cli(built / "dense.so", built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}",
+                         "--key", "x86-doomed", "--repeat", "100000", "--warmup", "1", "--cooldown-ms", "20",
+                         "--retries", "1", "--backoff", "0.2", "--queue-timeout", "3", "--out", out, "--quiet")
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            path = out / results.JSON_NAME
+            if path.exists() and json.loads(path.read_text())["rounds_done"] >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "stopped answering after" in err and "the rounds measured so far are in" in err
+    assert "Traceback" not in err
+    report = json.loads((out / results.JSON_NAME).read_text())
+    assert report["status"] == "interrupted" and report["rounds_done"] >= 3
+    for m in report["modules"]:
+        assert m["status"] == "interrupted" and m["stats"]["count"] >= 3
+    assert len((out / results.CSV_NAME).read_text().splitlines()) == 3
+
+
+def test_reconnects_when_the_device_comes_back(built, tracker, tmp_path):
+    server = start_server(tracker, "x86-flaky")
+    out = tmp_path / "bench"
+    try:
+        wait_for_key(tracker, "x86-flaky")
+        proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}", "--key", "x86-flaky",
+                         "--repeat", "40", "--warmup", "1", "--cooldown-ms", "100", "--retries", "3", "--backoff", "1",
+                         "--queue-timeout", "20", "--out", out, "--quiet")
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            path = out / results.JSON_NAME
+            if path.exists() and json.loads(path.read_text())["rounds_done"] >= 3:
+                break
+            time.sleep(0.1)
+        server.terminate()
+        server = start_server(tracker, "x86-flaky")
+        _, err = proc.communicate(timeout=180)
+    finally:
+        server.terminate()
+    assert proc.returncode == 0, err
+    assert "lost the device" in err
+    report = json.loads((out / results.JSON_NAME).read_text())
+    assert report["status"] == "complete" and report["reconnections"] >= 1
+    assert report["modules"][0]["stats"]["count"] == 40
+
+
+def test_wrong_key_times_out_naming_the_key(tracker):
+    with pytest.raises(DeviceUnavailable, match=r"no free device with key 'no-such-phone' .* within 2 s"):
+        open_session(Rpc("127.0.0.1", tracker.port, key="no-such-phone"), queue_timeout=2, log=lambda *_: None)
+
+
+def test_wrong_key_on_the_command_line_exits_2(built, tracker, tmp_path):
+    proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}", "--key", "no-such-phone",
+                     "--queue-timeout", "2", "--out", tmp_path / "b")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "no free device with key 'no-such-phone'" in lines[0], err
+    assert json.loads((tmp_path / "b" / results.JSON_NAME).read_text())["status"] == "unavailable"
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "cannot reach the tracker at 127.0.0.1:1: Connection refused (2 tries)"),
+    ("127.0.0.1", "'127.0.0.1' is not HOST:PORT"),
+])
+def test_bad_tracker_address_is_one_line_and_exit_2(built, tmp_path, address, message):
+    proc = bench_cli(built / "sparse.so", "--tracker", address, "--key", "k", "--retries", "1", "--backoff", "0.1",
+                     "--out", tmp_path / "b")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--repeat", "0"], "--repeat=0 is not allowed"),
+    (["--affinity", "fastest"], "--affinity=fastest is not allowed: choose one of big, little"),
+    (["--label", "a", "--label", "b"], "--label given 2 times for 1 modules"),
+    (["--reference", "missing.npz"], "--reference missing.npz does not exist"),
+])
+def test_usage_errors(built, tmp_path, capsys, extra, message):
+    code = cli.run([str(built / "sparse.so"), "--host", "127.0.0.1", *extra, "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_not_a_library_is_a_usage_error(tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_text("x")
+    assert cli.run([str(model), "--host", "127.0.0.1", "--out", str(tmp_path / "b")]) == 2
+    assert "is not allowed: give a compiled library (.so or .tar)" in capsys.readouterr().err
