@@ -3,10 +3,11 @@
     onexn-bench build/dense.so build/sparse.so --tracker 127.0.0.1:9190 --key pixel2 --out bench/
     onexn-bench build/*.so --host 192.168.1.20 --port 9090 --threads 1 --repeat 50 --cooldown-ms 200
     onexn-bench build/dense.so build/s50.so build/s70.so build/s90.so --tracker 127.0.0.1:9190 --key rk3399 \\
-        --affinity big --threads 2 --reference exported/reference.npz
+        --affinity big --threads 2 --onnx exported/model.onnx
 
 The first module is the baseline: every other one is reported with its speedup over it (median). Each
-module's output is checked against --reference (an .npz with 'input' and 'output') when given.
+module's output is checked against --reference (an .npz with 'input' and 'output') or against
+onnxruntime running --onnx MODEL on the same input.
 Results: OUT/results.json, OUT/results.csv, OUT/latency_vs_sparsity.png (two sparsities or more);
 both files are rewritten after every round, so an interrupted run keeps what it measured.
 Exit codes: 0 all modules timed; 1 a module failed to load or to match the reference, or the device
@@ -51,6 +52,8 @@ def build_parser():
     what.add_argument("--sparsity", type=float, action="append", default=[],
                       help="a block sparsity per module, in order (default: from the onexn-tvm sidecar)")
     what.add_argument("--reference", type=Path, help=".npz with 'input' (and 'output', to check every module)")
+    what.add_argument("--onnx", type=Path,
+                      help="check every module against onnxruntime running this ONNX model on the same input")
     what.add_argument("--rtol", type=float, default=1e-4, help="allowed max |out - reference| / max |reference|")
     what.add_argument("--seed", type=int, default=0, help="seed of the random input when there is no reference")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory (default bench_results)")
@@ -59,7 +62,7 @@ def build_parser():
 
 
 def plan(args):
-    """(Rpc, modules, input, reference output, Settings) from parsed arguments; usage errors raised."""
+    """(Rpc, modules with their expected outputs, input, Settings) from parsed arguments; usage errors raised."""
     from android_bench import modules as mods
     from android_bench.connection import Rpc
     from android_bench.runner import Settings
@@ -80,22 +83,29 @@ def plan(args):
                for i, path in enumerate(args.modules)]
     reference = mods.load_reference(args.reference) if args.reference else None
     x = mods.input_for(modules, reference, seed=args.seed)
+    expected = reference.output if reference else None
+    if args.onnx:
+        if expected is not None:
+            raise InvalidArgument("give either --onnx or a --reference with an 'output', not both")
+        expected = mods.onnxruntime_output(args.onnx, x)
+    for module in modules:
+        module.expected = expected
     settings = Settings(warmup=args.warmup, number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
                         cooldown_ms=args.cooldown_ms, threads=args.threads, affinity=args.affinity,
                         rtol=args.rtol, retries=args.retries, backoff=args.backoff,
                         queue_timeout=args.queue_timeout)
     settings.check()
     files.check_writable_dir(args.out)
-    return rpc, modules, x, reference.output if reference else None, settings
+    return rpc, modules, x, settings
 
 
 def main(args) -> int:
     from android_bench import results, runner
     from android_bench.connection import DeviceLost
 
-    rpc, modules, x, expected, settings = plan(args)
+    rpc, modules, x, settings = plan(args)
     try:
-        report = runner.run(rpc, modules, x, settings, args.out, reference_output=expected, emulated=args.emulated,
+        report = runner.run(rpc, modules, x, settings, args.out, emulated=args.emulated,
                             progress=not args.quiet, log=lambda message: print(message, file=sys.stderr))
     except DeviceLost as error:
         print(f"onexn-bench: {error}; the rounds measured so far are in {args.out}", file=sys.stderr)

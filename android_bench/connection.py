@@ -7,13 +7,15 @@ typo in the address or the key ends in one line that names it.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from pathlib import Path
 
 from export.tvm.tuning import Rpc
 from onexn_tf.errors import InvalidArgument
 
-__all__ = ["Rpc", "DeviceUnavailable", "DeviceLost", "open_session", "describe"]
+__all__ = ["Rpc", "DeviceUnavailable", "DeviceLost", "open_session", "describe", "wait_for_key"]
 
 
 class DeviceUnavailable(InvalidArgument):
@@ -90,3 +92,24 @@ def open_session(rpc: Rpc, *, queue_timeout: float = 60.0, retries: int = 2, bac
 def _message(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(error).__name__
+
+
+def wait_for_key(tracker: tuple[str, int], key: str, *, timeout: float = 240.0, proc=None, log_path=None) -> None:
+    """Block until a server is free under ``key`` at the tracker; fail early if ``proc`` (the server
+    process, when we started it) has exited. An emulated server needs ~40 s: it imports TVM twice
+    under qemu."""
+    from tvm import rpc as tvm_rpc
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
+            raise DeviceUnavailable(f"the RPC server for key {key!r} exited with code {proc.returncode}:\n{tail}")
+        with contextlib.suppress(Exception):
+            tracker_session = tvm_rpc.connect_tracker(*tracker)
+            free = tracker_session.summary()["queue_info"].get(key, {}).get("free")
+            tracker_session.close()
+            if free:
+                return
+        time.sleep(0.5)
+    raise DeviceUnavailable(f"no server registered under key {key!r} at {tracker[0]}:{tracker[1]} within {timeout:g} s")

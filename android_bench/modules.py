@@ -21,6 +21,7 @@ class Module:
     sparsity: float | None  # share of zero blocks in its BSR layers; None: a dense build
     input_shape: tuple[int, ...] | None
     target: str | None  # the onexn-tvm target name, when known
+    expected: np.ndarray | None = None  # the output it must reproduce on the benchmark input
 
 
 def load_module_spec(path, *, label: str | None = None, sparsity: float | None = None) -> Module:
@@ -73,6 +74,20 @@ def write_reference(path, x: np.ndarray, y: np.ndarray | None = None) -> None:
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def onnxruntime_output(onnx_path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's output of ``onnx_path`` on ``x``: what every build of that model must reproduce."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise InvalidArgument(f"--onnx {path} does not exist")
+    from android_bench.host_runtimes import onnxruntime_runner
+
+    try:
+        return onnxruntime_runner(path, x)[1]
+    except Exception as error:  # onnxruntime's own message says what is wrong with the file or input
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise InvalidArgument(f"--onnx {path} cannot run on the benchmark input: {message}") from None
 
 
 def input_for(modules: list[Module], reference: Reference | None, seed: int = 0) -> np.ndarray:

@@ -126,13 +126,12 @@ def new_report(rpc: Rpc, modules: list[Module], settings: Settings, *, emulated:
 
 
 def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_dir, *,
-        reference_output: np.ndarray | None = None, emulated: bool = False, progress: bool = True,
-        log=print) -> dict:
+        emulated: bool = False, progress: bool = True, log=print) -> dict:
     """Benchmark ``modules`` on the device ``rpc`` names; results go to ``out_dir`` after every round.
 
     Raises :class:`DeviceUnavailable` when no session can be opened at all, and :class:`DeviceLost`
     when the device disappears and does not come back; in both cases what was measured is saved
-    first. A module that fails to load or to reproduce the reference is reported and left out.
+    first. A module that fails to load or to reproduce its ``expected`` output is reported and left out.
     """
     settings.check()
     labels = [m.label for m in modules]
@@ -158,10 +157,10 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
             entry.update(status="load_failed", error=f"failed to load on the device: {_message(error)}")
             log(f"{module.label}: {entry['error']}")
             return
-        if reference_output is not None and entry["verification"] is None:
+        if module.expected is not None and entry["verification"] is None:
             from export.verify import compare_outputs
 
-            check = compare_outputs(reference_output, got.reshape(reference_output.shape), settings.rtol)
+            check = compare_outputs(module.expected, got.reshape(module.expected.shape), settings.rtol)
             entry["verification"] = {"max_rel_error": check.max_rel_error, "rtol": settings.rtol,
                                      "passed": check.passed}
             if not check.passed:

@@ -73,23 +73,10 @@ def pruned_onnx(dense: Path, bsr: int, sparsity: float, out: Path) -> Path:
     if path.exists():
         return path
     import onnx
-    from onnx import numpy_helper
 
-    from onexn_tf import masks
+    from export.tvm import onnx_graph
 
-    model = onnx.load(str(dense))
-    weights = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.input[1] not in weights:
-            continue
-        w = numpy_helper.to_array(weights[node.input[1]])
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if w.shape[2:] != (1, 1) or group != 1 or w.shape[0] == 1000:
-            continue
-        kernel = w.transpose(2, 3, 1, 0)  # OIHW -> Keras HWIO
-        mask = masks.compute_mask(kernel, sparsity, n=bsr).mask
-        pruned = (kernel * mask).transpose(3, 2, 0, 1).astype(np.float32)
-        weights[node.input[1]].CopyFrom(numpy_helper.from_array(pruned, node.input[1]))
+    model, _ = onnx_graph.block_prune_pointwise(onnx.load(str(dense)), bsr, sparsity, skip_out_channels=1000)
     onnx.save(model, str(path))
     return path
 
@@ -136,29 +123,15 @@ def _runners(entry, threads):
     import tvm
     from tvm import relax
 
-    shape = None
-    runners = {}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(entry["onnx"], options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+    from android_bench import host_runtimes
+
+    inputs = ort.InferenceSession(entry["onnx"], providers=["CPUExecutionProvider"]).get_inputs()
+    shape = [d if isinstance(d, int) else 1 for d in inputs[0].shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runners["onnxruntime"] = ({"runtime": "onnxruntime", "bsr": "", "sparsity": 0.0},
-                              lambda: session.run(None, {name: x}))
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import warnings
-
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=entry["tflite"], num_threads=threads)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.set_tensor(index, x.transpose(0, 2, 3, 1).copy())
-    runners["tflite"] = ({"runtime": "tflite-xnnpack", "bsr": "", "sparsity": 0.0}, interpreter.invoke)
+    runners = {"onnxruntime": ({"runtime": "onnxruntime", "bsr": "", "sparsity": 0.0},
+                               host_runtimes.onnxruntime_runner(entry["onnx"], x, threads)[0]),
+               "tflite": ({"runtime": "tflite-xnnpack", "bsr": "", "sparsity": 0.0},
+                          host_runtimes.tflite_runner(entry["tflite"], x.transpose(0, 2, 3, 1), threads)[0])}
 
     tx = tvm.runtime.tensor(x)
 
@@ -180,16 +153,10 @@ def time_one(args):
     threads = int(threads)
     entry = json.loads((args.out / "manifest.json").read_text())[arch]
     runners = _runners(entry, threads)
-    samples = {name: [] for name in runners}
-    for _ in range(args.warmup):
-        for _, run in runners.values():
-            run()
-    for _ in range(args.rounds):
-        for name, (_, run) in runners.items():
-            start = time.perf_counter()
-            for _ in range(args.number):
-                run()
-            samples[name].append((time.perf_counter() - start) / args.number * 1e3)
+    from android_bench import host_runtimes
+
+    samples = host_runtimes.time_interleaved({name: run for name, (_, run) in runners.items()}, warmup=args.warmup,
+                                             repeat=args.rounds, number=args.number)
     rows = []
     for name, (meta, _) in runners.items():
         ms = np.asarray(samples[name])

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def atomic_path(path, *, overwrite: bool = True):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def native_stderr_to(path):
+    """Send file descriptor 2 (what C++ libraries and child processes started meanwhile write to) to
+    ``path`` (appended) for the duration of the block; Python exceptions still carry real errors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as target:
+        os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def write_text(path, text: str) -> None:

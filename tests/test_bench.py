@@ -17,8 +17,8 @@ tvm = pytest.importorskip("tvm", reason="the tvm extra is not installed (pip ins
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (in the tvm extra)")
 onnx = pytest.importorskip("onnx")
 
-from android_bench import cli, results, stats  # noqa: E402
-from android_bench.connection import DeviceUnavailable, Rpc, open_session  # noqa: E402
+from android_bench import cli, local, results, stats  # noqa: E402
+from android_bench.connection import DeviceUnavailable, Rpc, open_session, wait_for_key  # noqa: E402
 from android_bench.modules import write_reference  # noqa: E402
 from export.tvm import compiler  # noqa: E402
 from test_tvm import conv_graph, run_ort, save  # noqa: E402
@@ -66,30 +66,17 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracker():
-    from tvm.rpc.tracker import Tracker
-
-    t = Tracker(host="127.0.0.1", port=9530, port_end=9600, silent=True)
-    yield t
-    t.terminate()
+    with local.tracker(port=9530) as (_, port):
+        yield port
 
 
-def start_server(tracker, key):
+def start_server(tracker_port, key):
     from tvm import rpc
 
-    return rpc.Server(host="127.0.0.1", port=9610, port_end=9700, key=key, tracker_addr=("127.0.0.1", tracker.port),
-                      silent=True)
-
-
-def wait_for_key(tracker, key, free=1, timeout=30):
-    from tvm import rpc
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        queue = rpc.connect_tracker("127.0.0.1", tracker.port).summary()["queue_info"].get(key, {})
-        if queue.get("free", 0) >= free:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no server registered under {key}")
+    server = rpc.Server(host="127.0.0.1", port=9610, port_end=9700, key=key, tracker_addr=("127.0.0.1", tracker_port),
+                        silent=True)
+    wait_for_key(("127.0.0.1", tracker_port), key, timeout=30)
+    return server
 
 
 def bench_cli(*args, timeout=300):
@@ -101,9 +88,8 @@ def bench_cli(*args, timeout=300):
 def test_interleaved_benchmark_through_a_tracker(built, tracker, tmp_path, capsys):
     server = start_server(tracker, "x86-loop")
     try:
-        wait_for_key(tracker, "x86-loop")
         out = tmp_path / "bench"
-        code = cli.run([str(built / "dense.so"), str(built / "sparse.so"), "--tracker", f"127.0.0.1:{tracker.port}",
+        code = cli.run([str(built / "dense.so"), str(built / "sparse.so"), "--tracker", f"127.0.0.1:{tracker}",
                         "--key", "x86-loop", "--repeat", "12", "--warmup", "2", "--number", "3", "--threads", "1",
                         "--reference", str(built / "reference.npz"), "--out", str(out), "--quiet"])
     finally:
@@ -139,7 +125,8 @@ def test_direct_connection_and_a_module_that_does_not_load(built, tmp_path, caps
     try:
         out = tmp_path / "bench"
         code = cli.run([str(built / "sparse.so"), str(broken), str(built / "dense.so"), "--host", "127.0.0.1",
-                        "--port", str(server.port), "--repeat", "4", "--warmup", "1", "--sparsity", "0.75",
+                        "--port", str(server.port), "--repeat", "4", "--warmup", "1", "--onnx", str(built / "g.onnx"),
+                        "--sparsity", "0.75",
                         "--sparsity", "0.9", "--sparsity", "0.0", "--out", str(out), "--quiet"])
     finally:
         server.terminate()
@@ -150,6 +137,7 @@ def test_direct_connection_and_a_module_that_does_not_load(built, tmp_path, caps
     assert bad["status"] == "load_failed" and "failed to load on the device" in bad["error"]
     assert bad["stats"] == {"count": 0} and bad["speedup_vs_first"] is None
     assert sparse["status"] == dense["status"] == "ok" and dense["stats"]["count"] == 4
+    assert sparse["verification"]["passed"] and dense["verification"]["max_rel_error"] < 1e-4
     assert "broken: failed to load" in captured.err
     assert (out / results.PLOT_NAME).stat().st_size > 1000  # sparsities 0 and 0.75 measured
 
@@ -158,8 +146,7 @@ def test_killed_server_mid_run_keeps_partial_results(built, tracker, tmp_path):
     server = start_server(tracker, "x86-doomed")
     out = tmp_path / "bench"
     try:
-        wait_for_key(tracker, "x86-doomed")
-        proc = bench_cli(built / "dense.so", built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}",
+        proc = bench_cli(built / "dense.so", built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}",
                          "--key", "x86-doomed", "--repeat", "100000", "--warmup", "1", "--cooldown-ms", "20",
                          "--retries", "1", "--backoff", "0.2", "--queue-timeout", "3", "--out", out, "--quiet")
         deadline = time.time() + 120
@@ -185,8 +172,7 @@ def test_reconnects_when_the_device_comes_back(built, tracker, tmp_path):
     server = start_server(tracker, "x86-flaky")
     out = tmp_path / "bench"
     try:
-        wait_for_key(tracker, "x86-flaky")
-        proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}", "--key", "x86-flaky",
+        proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}", "--key", "x86-flaky",
                          "--repeat", "40", "--warmup", "1", "--cooldown-ms", "100", "--retries", "3", "--backoff", "1",
                          "--queue-timeout", "20", "--out", out, "--quiet")
         deadline = time.time() + 120
@@ -209,11 +195,11 @@ def test_reconnects_when_the_device_comes_back(built, tracker, tmp_path):
 
 def test_wrong_key_times_out_naming_the_key(tracker):
     with pytest.raises(DeviceUnavailable, match=r"no free device with key 'no-such-phone' .* within 2 s"):
-        open_session(Rpc("127.0.0.1", tracker.port, key="no-such-phone"), queue_timeout=2, log=lambda *_: None)
+        open_session(Rpc("127.0.0.1", tracker, key="no-such-phone"), queue_timeout=2, log=lambda *_: None)
 
 
 def test_wrong_key_on_the_command_line_exits_2(built, tracker, tmp_path):
-    proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker.port}", "--key", "no-such-phone",
+    proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}", "--key", "no-such-phone",
                      "--queue-timeout", "2", "--out", tmp_path / "b")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -241,6 +227,7 @@ def test_bad_tracker_address_is_one_line_and_exit_2(built, tmp_path, address, me
     (["--affinity", "fastest"], "--affinity=fastest is not allowed: choose one of big, little"),
     (["--label", "a", "--label", "b"], "--label given 2 times for 1 modules"),
     (["--reference", "missing.npz"], "--reference missing.npz does not exist"),
+    (["--onnx", "missing.onnx"], "--onnx missing.onnx does not exist"),
 ])
 def test_usage_errors(built, tmp_path, capsys, extra, message):
     code = cli.run([str(built / "sparse.so"), "--host", "127.0.0.1", *extra, "--out", str(tmp_path / "b")])

@@ -1,20 +1,29 @@
-"""``onexn-demo``: the project's main job on bundled (generated) data, small enough for 2 CPU cores.
+"""``onexn-demo``: the whole pipeline on bundled (generated) data, small enough for 2 CPU cores.
 
 1. write the synthetic grating images as an image folder (``OUT/data``);
 2. ``onexn-train`` a small MobileNet densely (``OUT/dense``);
 3. ``onexn-train`` again from that model: 1×N pruning in one shot (the reference's recipe) with
    filter rearrangement, fine-tuning (``OUT/pruned``);
 4. strip and permute channels physically so kept blocks are contiguous (``OUT/deployed_model.keras``
-   and ``OUT/permutation.json``), evaluate dense / pruned / deployed top-1 and top-5, print the
-   per-layer table and write ``OUT/report.json``.
+   and ``OUT/permutation.json``), evaluate dense / pruned / deployed top-1 and top-5;
+5. ``onexn-export``: SavedModel, ONNX (NCHW) and TFLite, each verified (``OUT/exported``);
+6. ``onexn-tvm``: host dense and 1×N builds, latency probes at higher sparsities, aarch64 builds
+   (``OUT/tvm``);
+7. ``onexn-bench`` over a local TVM RPC tracker + x86 server, the emulated ARM device when this host
+   can prepare one, and onnxruntime / TFLite on the same input (``OUT/bench``);
+8. ``OUT/report.md`` + ``OUT/report.json`` with the plots ``latency_vs_sparsity.png`` and
+   ``layer_sparsity.png``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 import onexn_tf
 from onexn_tf import files, inspect, models
@@ -39,19 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", choices=("train", "export"), help="end the pipeline after this stage")
+    p.add_argument("--probes", type=float, nargs="*", default=[0.7, 0.9],
+                   help="extra sparsities pruned post hoc, for the latency curve (default 0.7 0.9)")
+    p.add_argument("--trials", type=int, default=0,
+                   help="MetaSchedule trials per dense TVM task (default 0: untuned, fast)")
+    p.add_argument("--repeat", type=int, default=20, help="timing rounds per runtime (default 20)")
+    p.add_argument("--emulated", choices=("auto", "yes", "no"), default="auto",
+                   help="the emulated ARM device: auto = prepare and use it when this host can (default)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default demo_out)")
     return p
 
 
 def _check(args):
     for name in ("image_size", "classes", "train_samples", "val_samples", "batch_size", "dense_epochs",
-                 "prune_epochs"):
+                 "prune_epochs", "repeat"):
         if getattr(args, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
     if args.image_size < 32:
         raise cli.UsageError(f"--image-size={args.image_size} is not allowed: Keras MobileNets need at least 32 pixels")
     onexn_tf.masks.check_n(args.n)
     onexn_tf.masks.check_sparsity(args.sparsity, "--sparsity")
+    for p in args.probes:
+        onexn_tf.masks.check_sparsity(p, "--probes")
+    if args.trials < 0:
+        raise cli.UsageError(f"--trials={args.trials} is not allowed: it must be >= 0")
     files.check_writable_dir(args.out)
     for job in ("dense", "pruned"):
         if (args.out / job).exists():
@@ -66,30 +87,29 @@ def _train_args(args, job: str, *extra: str):
     return train.build_parser().parse_args(common + list(extra))
 
 
-def main(args) -> int:
-    _check(args)
-    started = time.time()
+def train_and_deploy(args) -> dict:
+    """Stages 1–4: data, dense training, 1×N pruning, physical permutation, evaluation."""
     data_dir = args.out / "data"
     if not data_dir.exists():
-        print(f"[1/4] writing {args.train_samples}+{args.val_samples} synthetic images to {data_dir}")
+        print(f"[1/8] writing {args.train_samples}+{args.val_samples} synthetic images to {data_dir}")
         with files.atomic_path(data_dir) as tmp:
             synthetic.write_dataset(tmp, classes=args.classes, size=args.image_size, train=args.train_samples,
                                     val=args.val_samples, seed=args.seed)
     else:
-        print(f"[1/4] reusing the synthetic images in {data_dir}")
+        print(f"[1/8] reusing the synthetic images in {data_dir}")
 
-    print(f"[2/4] dense training: {args.arch} alpha={args.alpha} {args.image_size}px, {args.dense_epochs} epochs")
+    print(f"[2/8] dense training: {args.arch} alpha={args.alpha} {args.image_size}px, {args.dense_epochs} epochs")
     dense = train.run_job(_train_args(args, "dense", "--criterion", "dense", "--epochs", str(args.dense_epochs),
                                       "--lr", "0.05"))
 
-    print(f"[3/4] 1x{args.n} pruning at p={args.sparsity} ({args.criterion}, rearrange={args.rearrange}, one-shot), "
+    print(f"[3/8] 1x{args.n} pruning at p={args.sparsity} ({args.criterion}, rearrange={args.rearrange}, one-shot), "
           f"{args.prune_epochs} fine-tuning epochs")
     pruned = train.run_job(_train_args(
         args, "pruned", "--pretrained-model", str(args.out / "dense" / "model.keras"), "--criterion", args.criterion,
         "--N", str(args.n), "--pr-target", str(args.sparsity), "--rearrange", args.rearrange,
         "--epochs", str(args.prune_epochs), "--lr", "0.01"))
 
-    print("[4/4] permute channels for deployment, evaluate, report")
+    print("[4/8] permute channels for deployment, evaluate")
     stripped = keras.models.load_model(args.out / "pruned" / "model.keras")
     orders = json.loads((args.out / "pruned" / "permutations.json").read_text())
     deployed, record = onexn_tf.deploy.permute_by_block_orders(stripped, orders)
@@ -104,20 +124,91 @@ def main(args) -> int:
     layers = [inspect.LayerRecord(**{k: v for k, v in layer.items() if k != "exact"}) for layer in pruned["layers"]]
     print(inspect.format_table(layers))
     contiguous = inspect.report(deployed, n=args.n, criterion=args.criterion, layers=set(orders))
-    summary = {
-        "arch": args.arch, "alpha": args.alpha, "image_size": args.image_size, "n": args.n,
-        "sparsity": args.sparsity, "criterion": args.criterion, "rearrange": args.rearrange,
+    sample = next(iter(splits.val))[0][:1].numpy()  # one real validation image, preprocessed (NHWC)
+    return {
+        "arch": args.arch, "alpha": args.alpha, "image_size": args.image_size, "classes": args.classes,
+        "n": args.n, "sparsity": args.sparsity, "criterion": args.criterion, "rearrange": args.rearrange,
         "accuracy": accuracy,
         "pruned_top1_per_epoch": [e["top1"] for e in pruned["epochs"]],
         "dense_top1_per_epoch": [e["top1"] for e in dense["epochs"]],
         "all_layers_exact_1xn": all(r.exact for r in layers) and all(r.structured for r in contiguous),
         "permuted_channel_groups": sum(g["permuted"] for g in record["groups"]),
-        "layers": pruned["layers"],
-        "wall_time_s": round(time.time() - started, 1),
-    }
+        "layers": [{**layer, "exact": r.exact} for layer, r in zip(pruned["layers"], layers)],
+    }, sample
+
+
+def export_stage(args) -> dict:
+    from export import exporter
+
+    print(f"[5/8] export SavedModel, ONNX (NCHW) and TFLite, each verified, to {args.out / 'exported'} "
+          "(logits: without the final softmax, so every later check compares logits)")
+    report = exporter.export(args.out / "pruned", args.out / "exported", options=exporter.Options(nchw=True),
+                             logits=True, progress=lambda m: print(f"  {m}"))
+    return {"artifacts": report["artifacts"], "logits": True}
+
+
+def measure_stage(args, sample_nhwc) -> tuple[dict, list[dict], dict]:
+    import shutil
+
+    from android_bench import pipeline, report
+
+    options = pipeline.Options(n=args.n, probes=tuple(args.probes), trials=args.trials, repeat=args.repeat,
+                               emulated=args.emulated)
+    exported = args.out / "exported"
+    cross = shutil.which("aarch64-linux-gnu-g++") is not None
+    print(f"[6/8] TVM builds (dense remainder {'untuned' if not args.trials else f'{args.trials} trials/task'}; "
+          f"aarch64 {'linked with aarch64-linux-gnu-g++' if cross else 'as .tar: no aarch64-linux-gnu-g++'})")
+    builds = pipeline.compile_builds(exported / "model.onnx", args.out / "tvm", options, classes=args.classes,
+                                     log=print)
+    print("[7/8] latency")
+    x = np.ascontiguousarray(sample_nhwc.transpose(0, 3, 1, 2))
+    measured = pipeline.measure(builds, exported / "model.onnx", exported / "model.tflite", x, args.out / "bench",
+                                options, log=print)
+    build_rows = [{"label": b.label, "target": b.target, "path": str(b.path), "bsr_layers": len(b.sidecar["layers"]),
+                   "sparsity": b.sparsity, "trained": b.trained,
+                   "max_rel_error": b.sidecar["verification"]["max_rel_error"],
+                   "seconds": b.sidecar["seconds"]["total"]} for b in builds]
+    latency = {"settings": {"threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
+                            "trials": options.trials},
+               "rows": report.latency_rows(measured), "host": measured["host"], "runtimes": measured["runtimes"],
+               "arm": measured["arm"],
+               "plot": report.plot_latency(measured, args.out / report.LATENCY_PLOT)}
+    if measured["arm"] is None:
+        latency["arm_skipped"] = ("--emulated no" if args.emulated == "no" else
+                                  "no emulated ARM device could be prepared on this host (see the log)")
+    return latency, build_rows
+
+
+def main(args) -> int:
+    _check(args)
+    started = time.time()
+    summary, sample = train_and_deploy(args)
+    if args.stop_after != "train":
+        summary["export"] = export_stage(args)
+    if args.stop_after is None:
+        summary["latency"], summary["builds"] = measure_stage(args, sample)
+    from android_bench import report
+
+    print("[8/8] report")
+    report.plot_layer_sparsity(summary["layers"], args.sparsity, args.out / report.LAYER_PLOT)
+    summary["machine"] = {"cores": os.cpu_count()}
+    summary["wall_time_s"] = round(time.time() - started, 1)
     files.write_json(args.out / "report.json", summary)
+    print(f"wrote {report.write(summary, args.out)} and {args.out / 'report.json'}")
+    if "latency" in summary:
+        print(format_latency(summary["latency"]["rows"]))
     print(json.dumps({k: summary[k] for k in ("accuracy", "all_layers_exact_1xn", "wall_time_s")}, indent=2))
     return 0 if summary["all_layers_exact_1xn"] else 1
+
+
+def format_latency(rows) -> str:
+    lines = [f"{'runtime':<24} {'sparsity':>8} {'median ms':>10} {'vs TVM dense':>13} {'vs best dense':>14}"]
+    for r in rows:
+        sparsity = "-" if r["sparsity"] is None else f"{r['sparsity']:.2f}"
+        vs = ["-" if v is None else f"{v:.2f}x" for v in (r["speedup_vs_tvm_dense"], r["speedup_vs_best_dense"])]
+        median = "-" if r["median"] is None else f"{r['median']:.3f}"
+        lines.append(f"{r['label']:<24} {sparsity:>8} {median:>10} {vs[0]:>13} {vs[1]:>14}")
+    return "\n".join(lines)
 
 
 def run(argv=None) -> int:

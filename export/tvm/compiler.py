@@ -9,11 +9,9 @@ in codegen and tuned dense schedules).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -194,7 +192,8 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     log(f"verified against onnxruntime: max relative error {check.max_rel_error:.2e} ({verified_on})")
 
     t = time.time()
-    with files.atomic_path(output) as tmp, _native_stderr_silenced():
+    with files.atomic_path(output) as tmp, files.native_stderr_to(os.devnull):
+        # TVM 0.27 logs a C++ "Scope Saving" warning per constant while exporting a VM executable
         executable.export_library(str(tmp), fcompile=fcompile)
     seconds["export"] = time.time() - t
     seconds["total"] = time.time() - started
@@ -216,21 +215,6 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     }
     files.write_json(sidecar_path(output), sidecar)
     return sidecar
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """TVM 0.27 logs one "Scope Saving" warning line per constant from C++ while exporting a VM
-    executable; Python exceptions still carry any real error."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _layer_record(layer, entries, spec) -> dict:

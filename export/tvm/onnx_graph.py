@@ -140,3 +140,31 @@ def fold_pads(model) -> tuple["onnx.ModelProto", int]:
     for pad in folded:
         model.graph.node.remove(pad)
     return model, len(folded)
+
+
+def block_prune_pointwise(model, n: int, sparsity: float, *, skip_out_channels: int | None = None):
+    """A copy of ``model`` whose pointwise (1×1, ungrouped) Conv weights are 1×``n``-pruned at ``sparsity``
+    with the library's block-L1 criterion: latency probes at sparsities nobody trained (their outputs
+    are not the trained model's). Convs with ``skip_out_channels`` outputs (a classifier) are left
+    alone. Returns (model, number of layers pruned)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from onexn_tf import masks
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    weights = {t.name: t for t in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if w.shape[2:] != (1, 1) or group != 1 or w.shape[0] == skip_out_channels:
+            continue
+        kernel = w.transpose(2, 3, 1, 0)  # OIHW -> Keras HWIO, which the masks expect
+        mask = masks.compute_mask(kernel, sparsity, n=n).mask
+        pruned = (kernel * mask).transpose(3, 2, 0, 1).astype(np.float32)
+        weights[node.input[1]].CopyFrom(numpy_helper.from_array(pruned, node.input[1]))
+        count += 1
+    return model, count
