@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test arm-device clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The emulated aarch64 device (qemu user mode), cached outside the checkout; the demo and the tests
+# prepare it themselves when they need it.
+arm-device: $(STAMP)
+	$(BIN)/onexn-arm-device prepare
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info .pytest_cache

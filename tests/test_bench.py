@@ -241,3 +241,18 @@ def test_not_a_library_is_a_usage_error(tmp_path, capsys):
     model.write_text("x")
     assert cli.run([str(model), "--host", "127.0.0.1", "--out", str(tmp_path / "b")]) == 2
     assert "is not allowed: give a compiled library (.so or .tar)" in capsys.readouterr().err
+
+
+def test_tuning_measures_through_a_tracker(tracker, tmp_path, rng):
+    """onexn-tvm's MetaSchedule runner and BSR knob search, both measuring on a device behind a tracker."""
+    server = start_server(tracker, "x86-tune")
+    try:
+        model_path = save(conv_graph(rng, pad=False, size=8), tmp_path / "g.onnx")
+        options = compiler.Options(trials=1, rpc=Rpc("127.0.0.1", tracker, key="x86-tune"), progress=False)
+        sidecar = compiler.compile_onnx(model_path, tmp_path / "t.so", work_dir=tmp_path / "work", options=options,
+                                        log=lambda *_: None)
+    finally:
+        server.terminate()
+    assert sidecar["tuning"]["bsr_knobs_measured_on"] == "rpc" and sidecar["layers"][0]["kernel_ms"] > 0
+    ms = sidecar["tuning"]["metaschedule"]
+    assert ms["tasks"] >= 1 and ms["new_trials"] >= 1 and sidecar["verification"]["passed"]
