@@ -64,9 +64,10 @@ def open_session(rpc: Rpc, *, queue_timeout: float = 60.0, retries: int = 2, bac
         try:
             return tvm_rpc.connect(rpc.host, rpc.port, session_timeout=rpc.session_timeout)
         except Exception as error:  # the port answers but is no TVM RPC server
-            raise DeviceUnavailable(f"{describe(rpc)} refused the session: {_message(error)}") from None
+            raise DeviceUnavailable(f"{describe(rpc)} refused the session: {message(error)}") from None
     tracker = tvm_rpc.connect_tracker(rpc.host, rpc.port)
     queue, keys = _queue_state(tracker, rpc.key)
+    tracker.close()
     if queue is None:
         known = ", ".join(repr(k) for k in keys) or "none"
         log(f"no device is registered under key {rpc.key!r} yet (the tracker has: {known}); "
@@ -74,22 +75,31 @@ def open_session(rpc: Rpc, *, queue_timeout: float = 60.0, retries: int = 2, bac
     elif not queue.get("free"):
         log(f"every device with key {rpc.key!r} is busy ({queue.get('pending', 0)} requests pending); "
             f"waiting up to {queue_timeout:g} s")
-    tracker._sock.settimeout(queue_timeout)  # TVM's request has no deadline of its own
-    try:
-        return tracker.request(rpc.key, priority=rpc.priority, session_timeout=rpc.session_timeout, max_retry=1)
-    except RuntimeError as error:
-        if "timed out" not in str(error):
-            raise DeviceUnavailable(f"{describe(rpc)}: the tracker could not give a session: "
-                                    f"{_message(error)}") from None
-        _, keys = _queue_state(tvm_rpc.connect_tracker(rpc.host, rpc.port), rpc.key)
-        known = ", ".join(repr(k) for k in keys) or "none"
-        raise DeviceUnavailable(f"no free device with key {rpc.key!r} on the tracker at {rpc.host}:{rpc.port} "
-                                f"within {queue_timeout:g} s (keys with devices: {known})") from None
-    finally:
-        tracker.close()
+    deadline = time.time() + queue_timeout
+    for attempt in range(retries + 1):
+        tracker = tvm_rpc.connect_tracker(rpc.host, rpc.port)
+        tracker._sock.settimeout(max(1.0, deadline - time.time()))  # TVM's request has no deadline of its own
+        try:
+            return tracker.request(rpc.key, priority=rpc.priority, session_timeout=rpc.session_timeout, max_retry=1)
+        except RuntimeError as error:
+            if "timed out" in str(error):
+                _, keys = _queue_state(tvm_rpc.connect_tracker(rpc.host, rpc.port), rpc.key)
+                known = ", ".join(repr(k) for k in keys) or "none"
+                raise DeviceUnavailable(f"no free device with key {rpc.key!r} on the tracker at {rpc.host}:{rpc.port} "
+                                        f"within {queue_timeout:g} s (keys with devices: {known})") from None
+            last = error  # the device the tracker chose did not take the session: ask again
+            if attempt < retries:
+                delay = backoff * 2 ** attempt
+                log(f"a device with key {rpc.key!r} did not take the session ({message(error)}); "
+                    f"retrying in {delay:g} s")
+                time.sleep(delay)
+        finally:
+            tracker.close()
+    raise DeviceUnavailable(f"{describe(rpc)}: no session after {retries + 1} tries: {message(last)}")
 
 
-def _message(error: BaseException) -> str:
+def message(error: BaseException) -> str:
+    """The last non-empty line of an error (TVM's errors carry a C++ backtrace before it)."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(error).__name__
 

@@ -89,16 +89,17 @@ class Device:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    """End the server and its forked session workers."""
+    """End the server, its worker and its forked session processes: the whole process group. SIGTERM
+    first; SIGKILL for whatever is left (the worker under qemu outlives its parent's SIGTERM)."""
     import signal
 
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def find(cache=None) -> Device | None:

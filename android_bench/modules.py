@@ -81,13 +81,13 @@ def onnxruntime_output(onnx_path, x: np.ndarray) -> np.ndarray:
     path = Path(onnx_path)
     if not path.is_file():
         raise InvalidArgument(f"--onnx {path} does not exist")
+    from android_bench.connection import message
     from android_bench.host_runtimes import onnxruntime_runner
 
     try:
         return onnxruntime_runner(path, x)[1]
     except Exception as error:  # onnxruntime's own message says what is wrong with the file or input
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise InvalidArgument(f"--onnx {path} cannot run on the benchmark input: {message}") from None
+        raise InvalidArgument(f"--onnx {path} cannot run on the benchmark input: {message(error)}") from None
 
 
 def input_for(modules: list[Module], reference: Reference | None, seed: int = 0) -> np.ndarray:

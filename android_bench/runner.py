@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from android_bench import results
-from android_bench.connection import DeviceLost, DeviceUnavailable, Rpc, describe, open_session
+from android_bench.connection import DeviceLost, DeviceUnavailable, Rpc, describe, message, open_session
 from android_bench.modules import Module
 from onexn_tf.errors import InvalidArgument
 
@@ -53,16 +53,11 @@ class Settings:
             raise InvalidArgument("--rtol and --queue-timeout must be > 0")
 
 
-def _message(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 class _Device:
     """One session and the modules loaded in it; rebuilt from scratch after a reconnection."""
 
     def __init__(self, rpc: Rpc, settings: Settings, log):
-        self.rpc, self.settings, self.log = rpc, settings, log
+        self.settings = settings
         self.session = open_session(rpc, queue_timeout=settings.queue_timeout, retries=settings.retries,
                                     backoff=settings.backoff, log=log)
         self.device = self.session.cpu()
@@ -92,13 +87,13 @@ class _Device:
         name = f"onexn_bench_{os.getpid()}_{len(self.vms)}_{module.path.name}"  # dlopen caches by path
         self.session.upload(str(module.path), target=name)
         vm = relax.VirtualMachine(self.session.load_module(name), self.device)
+        from export.tvm.compiler import first_output
+
         tensor = tvm.runtime.tensor(x, device=self.device)
-        out = vm["main"](tensor)
-        while isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
-            out = out[0]
+        out = first_output(vm["main"](tensor))
         vm.set_input("main", tensor)
         self.vms[module.label] = vm
-        return out.numpy()
+        return out
 
     def sample_ms(self, label: str, repeat: int = 1) -> list[float]:
         s = self.settings
@@ -154,7 +149,7 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
         except Exception as error:
             if not device.alive():
                 raise
-            entry.update(status="load_failed", error=f"failed to load on the device: {_message(error)}")
+            entry.update(status="load_failed", error=f"failed to load on the device: {message(error)}")
             log(f"{module.label}: {entry['error']}")
             return
         if module.expected is not None and entry["verification"] is None:
@@ -201,17 +196,17 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
         except Exception as error:
             if isinstance(error, (KeyboardInterrupt, InvalidArgument)) or device.alive():
                 bar.close()
-                _finish(report, out_dir, "failed", _message(error))
+                _finish(report, out_dir, "failed", message(error))
                 raise
             attempt += 1
             if attempt > settings.retries:
                 bar.close()
                 reason = (f"the device ({describe(rpc)}) stopped answering after {report['rounds_done']} of "
-                          f"{settings.repeat} rounds: {_message(error)}")
+                          f"{settings.repeat} rounds: {message(error)}")
                 _finish(report, out_dir, "interrupted", reason)
                 raise DeviceLost(reason) from None
             delay = settings.backoff * 2 ** (attempt - 1)
-            log(f"lost the device ({_message(error)}); reconnecting in {delay:g} s ({attempt}/{settings.retries})")
+            log(f"lost the device ({message(error)}); reconnecting in {delay:g} s ({attempt}/{settings.retries})")
             time.sleep(delay)
             try:
                 device = _Device(rpc, settings, log)

@@ -60,8 +60,9 @@ def test_aarch64_build_runs_on_the_emulated_device_and_matches(pruned_mobilenet_
     code = cli.run([str(arm), "--tracker", f"127.0.0.1:{emulated_server}", "--key", KEY, "--emulated",
                     "--reference", str(tmp_path / "reference.npz"), "--repeat", "3", "--warmup", "1",
                     "--queue-timeout", "60", "--out", str(out), "--quiet"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.out + captured.err
     report = json.loads((out / results.JSON_NAME).read_text())
     (module,) = report["modules"]
     assert module["status"] == "ok" and module["verification"]["passed"]

@@ -190,6 +190,24 @@ def test_bsr_knob_search_and_dense_tuning_reuse_their_records(tmp_path, rng):
     assert second["verification"]["passed"]
 
 
+def test_dense_tuning_with_an_unnamed_handler_on_metaschedules_logger(tmp_path, rng):
+    """TVM's MetaSchedule logging setup fails on a handler without a name; ours detaches it meanwhile."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    handler = logging.StreamHandler()  # no name, like pytest's capture handlers or an application's own
+    logger.addHandler(handler)
+    try:
+        model_path = save(conv_graph(rng, pad=False, size=8), tmp_path / "g.onnx")
+        sidecar = compiler.compile_onnx(model_path, tmp_path / "a.so", work_dir=tmp_path / "w",
+                                        options=compiler.Options(trials=1, tune_bsr=False, progress=False),
+                                        log=lambda *_: None)
+        assert sidecar["tuning"]["metaschedule"]["new_trials"] >= 1
+        assert handler in logger.handlers
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_bsr_knob_search_over_rpc(tmp_path, rng):
     """The knob search measures on a TVM RPC server (here a local one on loopback)."""
     from tvm import rpc

@@ -86,13 +86,14 @@ def run_vm(executable, inputs: list[np.ndarray], device=None) -> list[np.ndarray
 
     device = device or tvm.cpu()
     vm = relax.VirtualMachine(executable, device)
-    outputs = []
-    for x in inputs:
-        out = vm["main"](tvm.runtime.tensor(x, device=device))
-        while isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
-            out = out[0]
-        outputs.append(out.numpy())
-    return outputs
+    return [first_output(vm["main"](tvm.runtime.tensor(x, device=device))) for x in inputs]
+
+
+def first_output(out) -> np.ndarray:
+    """The first tensor of a VM result (a tensor, or nested tuples of them), as numpy."""
+    while isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
+        out = out[0]
+    return out.numpy()
 
 
 def reference_outputs(onnx_path, name, inputs) -> list[np.ndarray]:

@@ -161,8 +161,9 @@ def tune_dense(prepared, spec: TargetSpec, work_dir, *, trials_per_task: int, rp
             groups.setdefault(missing, []).append(task)
         bar = tqdm(total=sum(m for _, m in todo), unit="trial", desc="tuning dense tasks", disable=not progress)
         for missing, group in groups.items():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                group, str(Path(work_dir) / MS_DIR), strategy=search_strategy(missing), seed=seed)
+            with _unnamed_handlers_detached():
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    group, str(Path(work_dir) / MS_DIR), strategy=search_strategy(missing), seed=seed)
             with _quiet_tvm_logs(), _TrialProgress(bar, database):
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(Path(work_dir) / MS_DIR),
                               max_trials_global=missing * len(group), max_trials_per_task=missing,
@@ -202,6 +203,24 @@ class _TrialProgress:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached():
+    """TVM 0.27's MetaSchedule logging setup lists the names of the handlers already on its logger and
+    fails (``None.format``) on a handler without a name (pytest's capture handlers, an application's
+    own): detach those while it configures itself, then put them back."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 @contextlib.contextmanager
