@@ -2,7 +2,7 @@
 qemu (registered with a tracker) and reproduces onnxruntime on the host.
 
 The first run prepares the device in the cache (~1 min: Debian arm64 packages, qemu-user-static, the
-aarch64 TVM wheels; ~430 MB outside the checkout); later runs reuse it. The server needs ~40 s to start
+aarch64 TVM wheels; ~450 MB outside the checkout); later runs reuse it. The server needs ~40 s to start
 under emulation.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ KEY = "qemu-arm64-test"
 
 @pytest.fixture(scope="module")
 def emulated_server(tmp_path_factory):
-    device = emulated.prepare(log=print)  # cached after the first run
+    device = emulated.find() or emulated.prepare(log=print)  # prepared once, then cached
     log_path = tmp_path_factory.mktemp("emulated") / "server.log"
     with local.tracker(port=9900) as tracker, local.emulated_server(device, tracker, KEY, log_path, port=9960):
         yield tracker[1]
