@@ -1,7 +1,7 @@
 """``onexn-bench``: time compiled modules on an ARM device (or any TVM RPC server), interleaved.
 
     onexn-bench build/dense.so build/sparse.so --tracker 127.0.0.1:9190 --key pixel2 --out bench/
-    onexn-bench build/*.so --host 192.168.1.20 --port 9090 --threads 1 --repeat 50 --cooldown-ms 200
+    onexn-bench build/*.so --host BOARD_HOST --port 9090 --threads 1 --repeat 50 --cooldown-ms 200
     onexn-bench build/dense.so build/s50.so build/s70.so build/s90.so --tracker 127.0.0.1:9190 --key rk3399 \\
         --affinity big --threads 2 --onnx exported/model.onnx
 
