@@ -176,6 +176,14 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
     def active():
         return [m for m in modules if entries[m.label]["status"] == "running"]
 
+    def give_up(detail: str) -> DeviceLost:
+        """Save what was measured as interrupted; the error to raise."""
+        bar.close()
+        reason = (f"the device ({describe(rpc)}) stopped answering after {report['rounds_done']} of "
+                  f"{settings.repeat} rounds: {detail}")
+        _finish(report, out_dir, "interrupted", reason)
+        return DeviceLost(reason)
+
     from tqdm import tqdm
 
     bar = tqdm(total=settings.repeat, unit="round", desc="timing", disable=not progress)
@@ -194,28 +202,20 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
                     time.sleep(settings.cooldown_ms / 1e3)
             break
         except Exception as error:
-            if isinstance(error, (KeyboardInterrupt, InvalidArgument)) or device.alive():
+            if isinstance(error, InvalidArgument) or device.alive():
                 bar.close()
                 _finish(report, out_dir, "failed", message(error))
                 raise
             attempt += 1
             if attempt > settings.retries:
-                bar.close()
-                reason = (f"the device ({describe(rpc)}) stopped answering after {report['rounds_done']} of "
-                          f"{settings.repeat} rounds: {message(error)}")
-                _finish(report, out_dir, "interrupted", reason)
-                raise DeviceLost(reason) from None
+                raise give_up(message(error)) from None
             delay = settings.backoff * 2 ** (attempt - 1)
             log(f"lost the device ({message(error)}); reconnecting in {delay:g} s ({attempt}/{settings.retries})")
             time.sleep(delay)
             try:
                 device = _Device(rpc, settings, log)
             except DeviceUnavailable as unavailable:
-                bar.close()
-                reason = (f"the device ({describe(rpc)}) stopped answering after {report['rounds_done']} of "
-                          f"{settings.repeat} rounds and did not come back: {unavailable}")
-                _finish(report, out_dir, "interrupted", reason)
-                raise DeviceLost(reason) from None
+                raise give_up(f"it did not come back ({unavailable})") from None
             report["reconnections"] += 1
     bar.close()
     for entry in report["modules"]:

@@ -142,6 +142,16 @@ def test_direct_connection_and_a_module_that_does_not_load(built, tmp_path, caps
     assert (out / results.PLOT_NAME).stat().st_size > 1000  # sparsities 0 and 0.75 measured
 
 
+def wait_for_rounds(proc, out, rounds, timeout=120):
+    """Until the running benchmark has saved ``rounds`` rounds (or has ended)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        path = out / results.JSON_NAME
+        if path.exists() and json.loads(path.read_text())["rounds_done"] >= rounds:
+            return
+        time.sleep(0.1)
+
+
 def test_killed_server_mid_run_keeps_partial_results(built, tracker, tmp_path):
     server = start_server(tracker, "x86-doomed")
     out = tmp_path / "bench"
@@ -149,12 +159,7 @@ def test_killed_server_mid_run_keeps_partial_results(built, tracker, tmp_path):
         proc = bench_cli(built / "dense.so", built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}",
                          "--key", "x86-doomed", "--repeat", "100000", "--warmup", "1", "--cooldown-ms", "20",
                          "--retries", "1", "--backoff", "0.2", "--queue-timeout", "3", "--out", out, "--quiet")
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            path = out / results.JSON_NAME
-            if path.exists() and json.loads(path.read_text())["rounds_done"] >= 3:
-                break
-            time.sleep(0.2)
+        wait_for_rounds(proc, out, 3)
     finally:
         server.terminate()
     _, err = proc.communicate(timeout=120)
@@ -175,12 +180,7 @@ def test_reconnects_when_the_device_comes_back(built, tracker, tmp_path):
         proc = bench_cli(built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}", "--key", "x86-flaky",
                          "--repeat", "40", "--warmup", "1", "--cooldown-ms", "100", "--retries", "3", "--backoff", "1",
                          "--queue-timeout", "20", "--out", out, "--quiet")
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            path = out / results.JSON_NAME
-            if path.exists() and json.loads(path.read_text())["rounds_done"] >= 3:
-                break
-            time.sleep(0.1)
+        wait_for_rounds(proc, out, 3)
         server.terminate()
         server = start_server(tracker, "x86-flaky")
         _, err = proc.communicate(timeout=180)
