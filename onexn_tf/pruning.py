@@ -15,13 +15,13 @@ import inspect
 import zlib
 
 import numpy as np
+
+from onexn_tf._keras import keras, tf  # first: TensorFlow starts there, quietly
+from onexn_tf.errors import InvalidArgument
+from onexn_tf import cloning, masks, rearrange as rearranging, schedules, selection
 from tensorflow_model_optimization.python.core.keras import compat as tfmot_compat
 from tensorflow_model_optimization.python.core.keras import utils as tfmot_utils
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks, pruning_impl, pruning_wrapper
-
-from onexn_tf.errors import InvalidArgument
-from onexn_tf import cloning, masks, rearrange as rearranging, schedules, selection
-from onexn_tf._keras import keras, tf
 
 UpdatePruningStep = pruning_callbacks.UpdatePruningStep
 PruningSummaries = pruning_callbacks.PruningSummaries

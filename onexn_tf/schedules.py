@@ -1,10 +1,9 @@
 """Pruning schedules: tfmot's own, plus the reference's one-shot mask."""
 from __future__ import annotations
 
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
-
+from onexn_tf._keras import keras, tf  # first: TensorFlow starts there, quietly
 from onexn_tf.errors import InvalidArgument
-from onexn_tf._keras import keras, tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
 from onexn_tf.masks import check_sparsity
 
 ConstantSparsity = tfmot_schedule.ConstantSparsity

@@ -203,7 +203,7 @@ def test_wrong_key_on_the_command_line_exits_2(built, tracker, tmp_path):
                      "--queue-timeout", "2", "--out", tmp_path / "b")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    lines = [line for line in err.splitlines() if "error" in line]
+    lines = [line for line in err.splitlines() if line.startswith("onexn-bench: error:")]
     assert len(lines) == 1 and "no free device with key 'no-such-phone'" in lines[0], err
     assert json.loads((tmp_path / "b" / results.JSON_NAME).read_text())["status"] == "unavailable"
 
@@ -217,7 +217,7 @@ def test_bad_tracker_address_is_one_line_and_exit_2(built, tmp_path, address, me
                      "--out", tmp_path / "b")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    lines = [line for line in err.splitlines() if "error" in line]
+    lines = [line for line in err.splitlines() if line.startswith("onexn-bench: error:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
 

@@ -117,8 +117,8 @@ def test_demo_bad_input_is_one_clear_line(tmp_path, args, message):
     out = tmp_path / "out"
     proc = run_demo(*args, "--out", str(out), timeout=120)
     assert proc.returncode == 2
-    error_lines = [l for l in proc.stderr.splitlines() if "error" in l]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("onexn-demo: ")]
+    assert len(ours) == 1 and ours[0].startswith("onexn-demo: error: ") and message in ours[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
 

@@ -6,8 +6,8 @@ import tensorflow_model_optimization as tfmot
 import onexn_tf
 from onexn_tf import masks, models, rearrange
 from onexn_tf._keras import keras, tf
-from conftest import (assert_exact_1xn, compile_sgd, expected_pruned_blocks, small_model, synthetic_batch,
-                      tiny_model)
+from conftest import (assert_close, assert_exact_1xn, compile_sgd, expected_pruned_blocks, small_model,
+                      synthetic_batch, tiny_model)
 
 # Every architecture at N=4 through the compiled train step (the real path); V1/V2 at other N run
 # eagerly: the same TF mask code without ~10 s of tracing each.
@@ -54,7 +54,7 @@ def test_prune_fit_strip_gives_exact_1xn(arch, n, eager):
 
     logits = stripped(x, training=False).numpy()
     assert logits.std(axis=0).mean() > 1e-3, "logits do not vary across inputs: the comparison proves nothing"
-    np.testing.assert_allclose(logits, pruned(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    assert_close(logits, pruned(x, training=False).numpy(), rtol=1e-5)
 
 
 def test_clone_copies_weights_and_shares_nothing():
@@ -67,7 +67,7 @@ def test_clone_copies_weights_and_shares_nothing():
                 np.testing.assert_array_equal(a, b)
             assert all(va is not vb for va in layer.weights for vb in getattr(clone, "layer", clone).weights)
     x, _ = synthetic_batch(model, 4, arch="mobilenet_v2")
-    np.testing.assert_allclose(pruned(x, training=False), model(x, training=False), rtol=1e-6, atol=1e-6)
+    assert_close(pruned(x, training=False), model(x, training=False), rtol=1e-6)
 
 
 def test_full_prunes_classifier_too():

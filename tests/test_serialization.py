@@ -4,7 +4,7 @@ import pytest
 
 import onexn_tf
 from onexn_tf._keras import keras, tf
-from conftest import compile_sgd, small_model, synthetic_batch, tiny_model
+from conftest import assert_close, compile_sgd, small_model, synthetic_batch, tiny_model
 
 
 def pruning_state(model):
@@ -79,5 +79,4 @@ def test_stripped_model_saves_as_a_plain_keras_model(trained, tmp_path):
     with keras.utils.custom_object_scope({}):
         loaded = keras.models.load_model(tmp_path / "s.h5")
     assert not onexn_tf.pruning_wrappers(loaded)
-    np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    assert_close(loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5)
