@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training import cli
+from onexn_tf import cli
 
 
 def build_parser():

@@ -12,8 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from export.tvm.tuning import Rpc
 from onexn_tf.errors import InvalidArgument
+from onexn_tf.rpc import Rpc
 
 __all__ = ["Rpc", "DeviceUnavailable", "DeviceLost", "open_session", "describe", "wait_for_key"]
 

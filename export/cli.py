@@ -16,8 +16,7 @@ from pathlib import Path
 
 from export import exporter, onnx_format
 from export.verify import VerificationError
-from onexn_tf import masks, models
-from training import cli
+from onexn_tf import cli, masks, models
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import onexn_tf
-from onexn_tf import cloning, masks, models, schedules
+from onexn_tf import cloning, jobs, masks, models, schedules
 from onexn_tf._keras import keras
 from onexn_tf.errors import InvalidArgument
 
@@ -116,7 +116,7 @@ def load_source(path, *, checkpoint: str | None = None, arch: str | None = None,
         path = Path(path)
         if not path.exists():
             raise InvalidArgument(f"{path}: no such model file or job directory")
-        if path.is_dir() and (path / "config.json").exists():
+        if jobs.is_job(path):
             return _from_job(path, checkpoint, arch)
         if checkpoint:
             raise InvalidArgument("--checkpoint needs an onexn-train job directory as the source")
@@ -129,20 +129,18 @@ def load_source(path, *, checkpoint: str | None = None, arch: str | None = None,
 
 
 def _from_job(job: Path, checkpoint: str | None, arch: str | None) -> ExportSource:
-    from training import train  # the job's own model builder; an export-only machine needs no data
-
-    config = json.loads((job / "config.json").read_text())
+    config = jobs.read_config(job)
     arch = arch or config.get("arch")
-    finished = (job / "results.json").exists() and (job / "model.keras").exists()
+    finished = jobs.is_finished(job) and (job / jobs.MODEL).exists()
     if checkpoint or not finished:
-        model, args = train.rebuild_pruned_model(job, checkpoint or "best")
+        model, settings = jobs.rebuild_pruned_model(job, checkpoint or "best")
         if not onexn_tf.pruning_wrappers(model):
-            return _from_stripped(model, None, n=args.n, criterion="block_l1", partial=args.partial, target=None,
+            return _from_stripped(model, None, n=settings.n, criterion="block_l1", partial=settings.partial, target=None,
                                   arch=arch, description=f"job {job} (dense), checkpoint {checkpoint or 'best'}")
         return _from_pruned(model, f"job {job}, checkpoint {checkpoint or 'best'}", arch)
-    results = json.loads((job / "results.json").read_text())
-    stripped = _load_keras(job / "model.keras")
-    orders = json.loads((job / "permutations.json").read_text()) if (job / "permutations.json").exists() else {}
+    results = jobs.read_results(job)
+    stripped = _load_keras(job / jobs.MODEL)
+    orders = json.loads((job / jobs.PERMUTATIONS).read_text()) if (job / jobs.PERMUTATIONS).exists() else {}
     dense = results.get("criterion") == "dense"
     return _from_stripped(stripped, orders or None, n=results.get("n", 4),
                           criterion="block_l1" if dense else results["criterion"], partial=results.get("partial", "inside"),

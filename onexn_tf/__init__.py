@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _SUBMODULES = ("channels", "cloning", "deploy", "files", "inspect", "masks", "models", "rearrange", "schedules",
-               "selection", "pruning", "errors", "provenance")
+               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs")
 _NAMES = {
     "MaskSpec": "masks", "compute_mask": "masks",
     "Prune1xN": "pruning", "PruningSummaries": "pruning", "UpdatePruningStep": "pruning", "layer_masks": "pruning",
@@ -24,7 +24,8 @@ _NAMES = {
     "ConstantSparsity": "schedules", "OneShotSparsity": "schedules", "PolynomialDecay": "schedules",
 }
 
-__all__ = sorted(set(_NAMES) | set(_SUBMODULES) - {"errors", "provenance", "pruning", "cloning", "files"})
+__all__ = sorted(set(_NAMES) | set(_SUBMODULES) - {"errors", "provenance", "pruning", "cloning", "files", "cli", "jobs",
+                                                   "rpc", "native_logs"})
 
 
 def __getattr__(name):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def run_demo(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "training.demo", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "android_bench.demo", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

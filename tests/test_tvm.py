@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 from export.tvm import bsr as bsr_format  # noqa: E402
 from export.tvm import cli, compiler, kernels, onnx_graph, targets, tuning  # noqa: E402
 from onexn_tf.errors import InvalidArgument  # noqa: E402
+from onexn_tf.rpc import Rpc  # noqa: E402
 
 
 def block_pruned(rng, c_out, c_in, bsr, p):
@@ -220,7 +221,7 @@ def test_bsr_knob_search_over_rpc(tmp_path, rng):
 
         plan = rewrite.plan_bsr(mod)
         entries = tuning.search_bsr_knobs(plan.layers, plan.matrices, HOST, tmp_path,
-                                          rpc=tuning.Rpc("127.0.0.1", server.port), progress=False)
+                                          rpc=Rpc("127.0.0.1", server.port), progress=False)
         (entry,) = entries.values()
         assert entry["ms"] > 0 and all(ms > 0 for _, ms in entry["candidates"])
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from onexn_tf._keras import tf
-from training.cli import UsageError
+from onexn_tf.cli import UsageError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _EVAL_RESIZE = 256 / 224

@@ -14,7 +14,7 @@ import json
 import os
 
 from onexn_tf._keras import tf
-from training.cli import UsageError
+from onexn_tf.cli import UsageError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 import onexn_tf
-from onexn_tf import files, models
+from onexn_tf import cli, files, jobs, models
 from onexn_tf._keras import keras
-from training import cli, data
+from training import data
 from training.metrics import TopK
 
 
@@ -33,16 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _job_config(path: Path) -> dict:
-    config = path / "config.json"
-    return json.loads(config.read_text()) if config.exists() else {}
-
-
 def load_model(path: Path):
-    if path.is_dir() and (path / "config.json").exists():
-        if not (path / "model.keras").exists():
-            raise cli.UsageError(f"job {path} has no model.keras: the run has not finished")
-        path = path / "model.keras"
+    if jobs.is_job(path):
+        if not (path / jobs.MODEL).exists():
+            raise cli.UsageError(f"job {path} has no {jobs.MODEL}: the run has not finished")
+        path = path / jobs.MODEL
     if not path.exists():
         raise cli.UsageError(f"{path}: no such model file or directory")
     try:
@@ -62,7 +57,7 @@ def evaluate(model, dataset) -> dict:
 def main(args) -> int:
     if args.batch_size < 1:
         raise cli.UsageError(f"--batch-size={args.batch_size} is not allowed: it must be >= 1")
-    job = _job_config(args.model) if args.model.is_dir() else {}
+    job = jobs.read_config(args.model) if jobs.is_job(args.model) else {}
     arch = args.arch or job.get("arch")
     if not arch:
         raise cli.UsageError("--arch is required (it selects the input preprocessing) unless MODEL is a job dir")

@@ -83,6 +83,6 @@ def main(args) -> int:
 
 
 def run(argv=None) -> int:
-    from training import cli
+    from onexn_tf import cli
 
     return cli.run(main, build_parser(), argv)

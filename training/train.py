@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import onexn_tf
-from onexn_tf import files, inspect, masks, models, provenance, rearrange
+from onexn_tf import cli, files, inspect, jobs, masks, models, provenance, rearrange
 from onexn_tf._keras import keras, tf
-from training import cli, data, distribute, recipe
+from training import data, distribute, recipe
 
 CRITERIA = onexn_tf.masks.CRITERIA + ("dense",)
 
@@ -108,8 +108,8 @@ def check_args(args) -> None:
         raise cli.UsageError(f"--pretrained-model {args.pretrained_model}: no such file or directory")
     files.check_writable_dir(args.job_dir)
     job = args.job_dir
-    finished = (job / "results.json").exists()
-    backup = has_backup(job)
+    finished = jobs.is_finished(job)
+    backup = jobs.has_backup(job)
     if args.resume and finished and not backup:
         raise cli.UsageError(f"--job-dir {job} holds a finished run (results.json): nothing to resume")
     if not args.resume and (finished or backup):
@@ -117,94 +117,8 @@ def check_args(args) -> None:
                              "pass --resume to continue it, or choose another --job-dir")
 
 
-def has_backup(job: Path) -> bool:
-    """True when BackupAndRestore left a checkpoint (it deletes it, not its folder, when a run ends)."""
-    return any(path.is_file() for path in (job / "backup").rglob("*"))
-
-
-def load_pretrained(args, classes: int):
-    """The dense starting model: Keras ImageNet weights, a saved model, or weights for --arch."""
-    shape = (args.input_size, args.input_size, 3)
-    source = args.pretrained_model
-    if source == "imagenet":
-        if classes != 1000:
-            raise cli.UsageError(f"--pretrained-model imagenet has 1000 classes; the dataset has {classes}")
-        return models.build(args.arch, alpha=args.alpha, input_shape=shape, weights="imagenet")
-    if source and (Path(source).is_dir() or source.endswith(".keras") or _h5_has_model(source)):
-        model = keras.models.load_model(source, compile=False)
-        if onexn_tf.pruning_wrappers(model):
-            model = onexn_tf.strip(model)
-        if model.output_shape[-1] != classes:
-            raise cli.UsageError(f"--pretrained-model {source} predicts {model.output_shape[-1]} classes; "
-                                 f"the dataset has {classes}")
-        return model
-    model = models.build(args.arch, alpha=args.alpha, input_shape=shape, classes=classes)
-    if source:
-        try:
-            model.load_weights(source)
-        except (ValueError, OSError) as error:
-            raise cli.UsageError(f"--pretrained-model {source} does not fit {args.arch} alpha={args.alpha} "
-                                 f"with {classes} classes: {str(error).splitlines()[0][:200]}") from None
-    return model
-
-
-def _h5_has_model(path: str) -> bool:
-    if not path.endswith((".h5", ".hdf5")):
-        return False
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return "model_config" in f.attrs
-
-
-def make_schedule(args, steps_per_epoch: int):
-    if args.schedule == "oneshot":
-        return onexn_tf.OneShotSparsity(args.pr_target)
-    end_epoch = args.pruning_end_epoch if args.pruning_end_epoch is not None else max(1, args.epochs // 2)
-    return onexn_tf.PolynomialDecay(0.0, args.pr_target, begin_step=1, end_step=max(2, end_epoch * steps_per_epoch),
-                                    frequency=args.pruning_frequency)
-
-
-def args_from_config(config: dict) -> argparse.Namespace:
-    """The Namespace a job was started with (its config.json), with today's defaults for anything new."""
-    args = build_parser().parse_args(["--job-dir", config["job_dir"]])
-    for key, value in config.items():
-        if hasattr(args, key):
-            setattr(args, key, Path(value) if key == "job_dir" else value)
-    return args
-
-
-def rebuild_pruned_model(job: Path, checkpoint: str = "best"):
-    """The job's pruned training model (wrappers, masks, permutations) restored from a checkpoint."""
-    config = json.loads((job / "config.json").read_text())
-    if "num_classes" not in config:
-        raise cli.UsageError(f"{job / 'config.json'} lacks num_classes (written by an older onexn-train)")
-    prefix = job / "checkpoints" / checkpoint
-    if not Path(f"{prefix}.index").exists():
-        raise cli.UsageError(f"job {job} has no '{checkpoint}' checkpoint ({prefix}.index)")
-    args = args_from_config(config)
-    if args.pretrained_model == "imagenet" or (args.pretrained_model and not Path(args.pretrained_model).exists()):
-        args.pretrained_model = None  # only the architecture matters: the checkpoint holds every weight
-    model = build_training_model(args, config["num_classes"], config["steps_per_epoch"])
-    status = model.load_weights(str(prefix))
-    status.assert_existing_objects_matched()  # every model variable restored (optimizer slots may be left)
-    status.expect_partial()
-    return model, args
-
-
 def build_training_model(args, classes: int, steps_per_epoch: int):
-    model = load_pretrained(args, classes)
-    if args.bn_momentum is not None:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = args.bn_momentum
-    if args.mixed_precision:  # a float32 softmax output, as Keras' mixed-precision guide asks
-        model = keras.Model(model.inputs, keras.layers.Activation("linear", dtype="float32", name="output_float32")(
-            model.outputs[0]), name=model.name)
-    if args.criterion != "dense":
-        model = onexn_tf.prune_1xn(model, n=args.n, pruning_schedule=make_schedule(args, steps_per_epoch),
-                                   criterion=args.criterion, rearrange=args.rearrange, partial=args.partial,
-                                   full=args.full, seed=args.seed)
+    model = jobs.build_model(args, classes, steps_per_epoch)
     lr = recipe.ReferenceLR(args.lr, args.lr_policy, args.epochs, steps_per_epoch, args.warmup_epochs,
                             args.lr_decay_step, args.lr_gamma)
     if args.optimizer == "sgd":
@@ -271,7 +185,7 @@ def run_job(args) -> dict:
     chief = distribute.is_chief(strategy)
     if chief:
         (job / "checkpoints").mkdir(parents=True, exist_ok=True)
-        files.write_json(job / "config.json", {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        files.write_json(job / jobs.CONFIG, {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                                "num_classes": splits.num_classes, "steps_per_epoch": steps_per_epoch})
 
     history = read_log(job / "log.csv")
@@ -319,11 +233,11 @@ def run_job(args) -> dict:
     # Every worker strips (reading mirrored BatchNorm statistics is a collective op); the chief writes.
     stripped = onexn_tf.strip(model) if onexn_tf.pruning_wrappers(model) else model
     if chief:
-        with files.atomic_path(job / "model.keras") as tmp:
+        with files.atomic_path(job / jobs.MODEL) as tmp:
             stripped.save(tmp)
-        files.write_json(job / "permutations.json",
+        files.write_json(job / jobs.PERMUTATIONS,
                          {name: perm.tolist() for name, perm in onexn_tf.permutations(model).items()})
-        files.write_json(job / "results.json", results)
+        files.write_json(job / jobs.RESULTS, results)
     return results
 
 

@@ -24,7 +24,7 @@ from onexn_tf.errors import InvalidArgument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import cli
+    from onexn_tf import cli
 
     p = cli.doc_parser("onexn-tvm", __doc__)
     p.add_argument("onnx", type=Path, help="ONNX model (from onexn-export; NHWC or NCHW input)")
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args):
-    from export.tvm import compiler, tuning
+    from export.tvm import compiler
+    from onexn_tf.rpc import Rpc
 
     if args.target not in targets.TARGET_NAMES:
         raise InvalidArgument(f"unknown target {args.target!r}: choose one of {', '.join(targets.TARGET_NAMES)}")
@@ -64,9 +65,9 @@ def options_from(args):
         raise InvalidArgument("--rpc-tracker needs --rpc-key (the device's key at the tracker)")
     rpc = None
     if args.rpc_tracker:
-        rpc = tuning.Rpc(*args.rpc_tracker, key=args.rpc_key)
+        rpc = Rpc(*args.rpc_tracker, key=args.rpc_key)
     elif args.rpc:
-        rpc = tuning.Rpc(*args.rpc)
+        rpc = Rpc(*args.rpc)
     return compiler.Options(target=args.target, mcpu=args.mcpu, num_cores=args.num_cores, bsr=args.bsr,
                             bsc=args.bsc, min_sparsity=args.min_sparsity, dense=args.dense, trials=args.trials,
                             tune_bsr=not args.no_tune_bsr, rpc=rpc, rtol=args.rtol, samples=args.samples,
@@ -92,7 +93,7 @@ def main(args) -> int:
 
 
 def run(argv=None) -> int:
-    from training import cli
+    from onexn_tf import cli
 
     return cli.run(main, build_parser(), argv)
 

@@ -21,6 +21,7 @@ from export.tvm import onnx_graph, rewrite, targets, tuning
 from export.verify import VerificationError, compare_outputs
 from onexn_tf import files, provenance
 from onexn_tf.errors import InvalidArgument
+from onexn_tf.rpc import Rpc
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ class Options:
     dense: bool = False  # no BSR rewrite: the dense baseline build
     trials: int = 0  # MetaSchedule trials per dense task (0: untuned)
     tune_bsr: bool = True  # measure the BSR kernels' knobs (else defaults)
-    rpc: tuning.Rpc | None = None  # measure on this device instead of here
+    rpc: Rpc | None = None  # measure on this device instead of here
     rtol: float = 1e-4
     samples: int = 2
     seed: int = 0

@@ -28,30 +28,12 @@ from export.tvm import kernels
 from export.tvm.ms_builder import build_without_intrinsics, cpu_tensor_intrinsics, export_with
 from export.tvm.targets import TargetSpec
 from onexn_tf import files
+from onexn_tf.rpc import Rpc
 from onexn_tf.errors import InvalidArgument
 
 BSR_PREFIX = "bsr_"
 MS_DIR = "metaschedule"
 KNOBS_FILE = "bsr_knobs.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Rpc:
-    """Where to measure: a TVM RPC tracker (``key`` given) or a server directly."""
-
-    host: str
-    port: int
-    key: str | None = None
-    priority: int = 1
-    session_timeout: int = 60
-
-    def connect(self):
-        from tvm import rpc
-
-        if self.key:
-            return rpc.connect_tracker(self.host, self.port).request(
-                self.key, priority=self.priority, session_timeout=self.session_timeout)
-        return rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
 
 
 def zero_pipeline(mod):

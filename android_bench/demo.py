@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 import onexn_tf
-from onexn_tf import files, inspect, models
+from onexn_tf import cli, files, inspect, models
 from onexn_tf._keras import keras
-from training import cli, data, evaluate, synthetic, train
+from training import data, evaluate, synthetic, train
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,149 @@
+"""The onexn-train job directory: the contract between the stage that writes it (``training``) and the
+stages that read it (``onexn-eval``, ``export``).
+
+    JOB/config.json          the job's settings (every onexn-train option) + num_classes, steps_per_epoch
+    JOB/checkpoints/{last,best}   TF checkpoints of the pruned training model (wrappers, masks, weights)
+    JOB/backup/              Keras BackupAndRestore state while a run is unfinished
+    JOB/model.keras          the stripped model of the best epoch        } written when the run has
+    JOB/permutations.json    each pruned layer's block order             } finished; results.json
+    JOB/results.json         accuracy, per-layer sparsity, timings       } last of all
+
+Readers rebuild the pruned model from ``config.json`` + a checkpoint with :func:`rebuild_pruned_model`,
+which builds exactly what the trainer built (:func:`build_model`) without its optimizer or data.
+"""
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import onexn_tf
+from onexn_tf import models
+from onexn_tf._keras import keras
+from onexn_tf.errors import InvalidArgument
+
+CONFIG = "config.json"
+RESULTS = "results.json"
+MODEL = "model.keras"
+PERMUTATIONS = "permutations.json"
+
+# What the pruned model depends on, with the values a config.json written before a setting existed
+# implies (the trainer's defaults).
+MODEL_SETTINGS = {
+    "arch": "mobilenet_v2", "alpha": 1.0, "input_size": 224, "pretrained_model": None, "bn_momentum": None,
+    "mixed_precision": False, "criterion": "block_l1", "n": 4, "pr_target": 0.5, "rearrange": "none",
+    "partial": "inside", "full": False, "schedule": "oneshot", "pruning_end_epoch": None,
+    "pruning_frequency": 100, "epochs": 180, "seed": 0,
+}
+
+
+def is_job(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / CONFIG).exists()
+
+
+def is_finished(job) -> bool:
+    """``results.json`` is written last: its presence means the run completed."""
+    return (Path(job) / RESULTS).exists()
+
+
+def read_config(job) -> dict:
+    return json.loads((Path(job) / CONFIG).read_text())
+
+
+def read_results(job) -> dict:
+    return json.loads((Path(job) / RESULTS).read_text())
+
+
+def has_backup(job) -> bool:
+    """True when BackupAndRestore left a checkpoint (it deletes it, not its folder, when a run ends)."""
+    return any(path.is_file() for path in (Path(job) / "backup").rglob("*"))
+
+
+def settings_from_config(config: dict) -> types.SimpleNamespace:
+    """The settings a job was started with, the model-defining ones defaulted for older configs."""
+    settings = {**MODEL_SETTINGS, **config}
+    if "job_dir" in settings:
+        settings["job_dir"] = Path(settings["job_dir"])
+    return types.SimpleNamespace(**settings)
+
+
+def load_pretrained(settings, classes: int):
+    """The dense starting model: Keras ImageNet weights, a saved model, or weights for the architecture."""
+    shape = (settings.input_size, settings.input_size, 3)
+    source = settings.pretrained_model
+    if source == "imagenet":
+        if classes != 1000:
+            raise InvalidArgument(f"--pretrained-model imagenet has 1000 classes; the dataset has {classes}")
+        return models.build(settings.arch, alpha=settings.alpha, input_shape=shape, weights="imagenet")
+    if source and (Path(source).is_dir() or source.endswith(".keras") or _h5_has_model(source)):
+        model = keras.models.load_model(source, compile=False)
+        if onexn_tf.pruning_wrappers(model):
+            model = onexn_tf.strip(model)
+        if model.output_shape[-1] != classes:
+            raise InvalidArgument(f"--pretrained-model {source} predicts {model.output_shape[-1]} classes; "
+                                  f"the dataset has {classes}")
+        return model
+    model = models.build(settings.arch, alpha=settings.alpha, input_shape=shape, classes=classes)
+    if source:
+        try:
+            model.load_weights(source)
+        except (ValueError, OSError) as error:
+            raise InvalidArgument(f"--pretrained-model {source} does not fit {settings.arch} alpha={settings.alpha} "
+                                  f"with {classes} classes: {str(error).splitlines()[0][:200]}") from None
+    return model
+
+
+def _h5_has_model(path: str) -> bool:
+    if not path.endswith((".h5", ".hdf5")):
+        return False
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "model_config" in f.attrs
+
+
+def make_schedule(settings, steps_per_epoch: int):
+    if settings.schedule == "oneshot":
+        return onexn_tf.OneShotSparsity(settings.pr_target)
+    end_epoch = settings.pruning_end_epoch if settings.pruning_end_epoch is not None else max(1, settings.epochs // 2)
+    return onexn_tf.PolynomialDecay(0.0, settings.pr_target, begin_step=1,
+                                    end_step=max(2, end_epoch * steps_per_epoch), frequency=settings.pruning_frequency)
+
+
+def build_model(settings, classes: int, steps_per_epoch: int):
+    """The job's model before compilation: the starting model, its BatchNorm momentum, the mixed-precision
+    output, and the pruning wrappers."""
+    model = load_pretrained(settings, classes)
+    if settings.bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = settings.bn_momentum
+    if settings.mixed_precision:  # a float32 softmax output, as Keras' mixed-precision guide asks
+        model = keras.Model(model.inputs, keras.layers.Activation("linear", dtype="float32", name="output_float32")(
+            model.outputs[0]), name=model.name)
+    if settings.criterion != "dense":
+        model = onexn_tf.prune_1xn(model, n=settings.n, pruning_schedule=make_schedule(settings, steps_per_epoch),
+                                   criterion=settings.criterion, rearrange=settings.rearrange,
+                                   partial=settings.partial, full=settings.full, seed=settings.seed)
+    return model
+
+
+def rebuild_pruned_model(job, checkpoint: str = "best"):
+    """``(model, settings)``: the job's pruned training model (wrappers, masks, permutations) restored
+    from a checkpoint, without an optimizer."""
+    job = Path(job)
+    config = read_config(job)
+    if "num_classes" not in config:
+        raise InvalidArgument(f"{job / CONFIG} lacks num_classes (written by an older onexn-train)")
+    prefix = job / "checkpoints" / checkpoint
+    if not Path(f"{prefix}.index").exists():
+        raise InvalidArgument(f"job {job} has no '{checkpoint}' checkpoint ({prefix}.index)")
+    settings = settings_from_config(config)
+    if settings.pretrained_model == "imagenet" or (settings.pretrained_model
+                                                  and not Path(settings.pretrained_model).exists()):
+        settings.pretrained_model = None  # only the architecture matters: the checkpoint holds every weight
+    model = build_model(settings, config["num_classes"], config["steps_per_epoch"])
+    status = model.load_weights(str(prefix))
+    status.assert_existing_objects_matched()  # every model variable restored (optimizer slots may be left)
+    status.expect_partial()
+    return model, settings

@@ -1,0 +1,27 @@
+"""Where a TVM RPC measurement runs: a tracker (with a device key) or a server directly.
+
+One address/session type for every stage that talks to a device: tuning in ``export/tvm`` and timing
+in ``android_bench``. TVM is imported only when a session is opened.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Rpc:
+    """Where to measure: a TVM RPC tracker (``key`` given) or a server directly."""
+
+    host: str
+    port: int
+    key: str | None = None
+    priority: int = 1
+    session_timeout: int = 60
+
+    def connect(self):
+        from tvm import rpc
+
+        if self.key:
+            return rpc.connect_tracker(self.host, self.port).request(
+                self.key, priority=self.priority, session_timeout=self.session_timeout)
+        return rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
