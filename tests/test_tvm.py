@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from export.tvm import bsr as bsr_format  # noqa: E402
-from export.tvm import cli, compiler, kernels, onnx_graph, targets, tuning  # noqa: E402
+from export.tvm import cli, compiler, knob_search, onnx_graph, targets, tuning  # noqa: E402
 from onexn_tf.errors import InvalidArgument  # noqa: E402
 from onexn_tf.rpc import Rpc  # noqa: E402
 
@@ -47,57 +47,31 @@ def test_bsr_rejects_unsupported_blocks():
         bsr_format.check_block(3, 1)
 
 
-# --- kernels -------------------------------------------------------------------------------------
+# --- kernels (each against numpy: tests/test_kernels.py) ---------------------------------------------
 
 HOST = targets.resolve("host")
 
-KERNEL_CASES = [  # c_in, c_out, h, w, bsr, p, pixel_tile, parallel, epilogue
-    (5, 7, 3, 3, 4, 0.5, 8, "rows", kernels.Epilogue(True, 0.0, 6.0)),  # partial block, tile > pixels
-    (16, 30, 5, 7, 8, 0.7, 8, "pixels", kernels.Epilogue(True, 0.0, None)),  # tile does not divide 35
-    (12, 33, 4, 5, 32, 0.5, 16, "none", kernels.Epilogue(False, None, None)),  # C_out < 2 blocks of 32
-    (8, 9, 2, 2, 1, 0.0, 8, "rows", kernels.Epilogue(True, None, None)),  # p = 0
-    (16, 24, 6, 6, 2, 1.0, 16, "pixels", kernels.Epilogue(True, 0.0, 6.0)),  # p = 1: bias only
-    (24, 16, 1, 1, 16, 0.9, 8, "rows", kernels.Epilogue(True, None, None)),  # a matmul (1 pixel)
-]
-
-
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-bsr{c[4]}-p{c[5]}")
-def test_kernel_matches_numpy(case, rng):
-    c_in, c_out, h, w, bsr, p, tile, parallel, epilogue = case
-    weight = block_pruned(rng, c_out, c_in, bsr, p)
-    m = bsr_format.to_bsr(weight, bsr)
-    x = rng.standard_normal((1, c_in, h, w)).astype(np.float32)
-    bias = rng.standard_normal(m.block_rows * bsr).astype(np.float32)
-    func = kernels.bsr_conv1x1(kernels.ConvShape(1, c_in, h, w, c_out, bsr, m.nnz), epilogue,
-                               kernels.Knobs(tile, parallel))
-    lib = tvm.compile(func, target=HOST.target()).jit()
-    data = m.data if m.nnz else np.zeros((1, bsr), np.float32)
-    indices = m.indices if m.nnz else np.zeros(1, np.int32)
-    out = tvm.runtime.tensor(np.full((1, c_out, h, w), np.nan, np.float32))
-    lib["bsr_conv1x1"](*[tvm.runtime.tensor(a) for a in (x, data, indices, m.indptr, bias)], out)
-    expected = np.einsum("oi,nihw->nohw", weight, x)
-    if epilogue.bias:
-        expected += bias[:c_out, None, None]
-    if epilogue.lower is not None:
-        expected = np.maximum(expected, epilogue.lower)
-    if epilogue.upper is not None:
-        expected = np.minimum(expected, epilogue.upper)
-    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)  # every element written (no NaN)
-
 
 def test_candidate_knobs_follow_vector_width_and_cores():
-    shape = kernels.ConvShape(1, 64, 14, 14, 64, 4, 100)
-    assert {k.pixel_tile for k in kernels.candidate_knobs(shape, 8)} == {8, 16, 32}
-    assert {k.parallel for k in kernels.candidate_knobs(shape, 4, num_cores=1)} == {"none"}
-    assert {k.pixel_tile for k in kernels.candidate_knobs(kernels.ConvShape(1, 64, 1, 1, 64, 4, 100), 16)} == {16}
+    from export.tvm.kernels import Kernel, pointwise, spatial
+
+    shape = pointwise.PointwiseShape(1, 64, 14, 14, 64, 4, 100)
+    two = Kernel("pointwise", shape).candidates(8, 2)
+    assert {k.vectors for k in two} == {1, 2, 3} and all(k.parallel for k in two)
+    assert not any(k.parallel for k in Kernel("pointwise", shape).candidates(8, 1))
+    one_pixel = Kernel("pointwise", pointwise.PointwiseShape(1, 64, 1, 3, 64, 4, 100)).candidates(8, 2)
+    assert {k.vectors for k in one_pixel} == {1}  # fewer pixels than a vector
+    dw = Kernel("depthwise", spatial.SpatialShape(1, 8, 14, 14, 8, 3, 1, (1, 1, 1, 1), True)).candidates(8, 2)
+    assert {k.out_block for k in dw} == {1} and len(dw) >= 4
     assert targets.resolve("aarch64-linux").vector_lanes() == 4
     assert HOST.vector_lanes() in (4, 8, 16)
 
 
 # --- ONNX preparation ----------------------------------------------------------------------------
 
-def conv_graph(rng, *, pad=True, p=0.5, bsr=4, c_in=8, c_mid=16, c_out=12, size=9, batch=None):
-    """input -> [Pad] -> 3×3 conv (stride 2) -> Relu -> 1×1 conv (1×bsr-pruned at p) + bias -> Clip(0, 6)."""
+def conv_graph(rng, *, pad=True, p=0.5, bsr=4, c_in=8, c_mid=16, c_out=12, size=9, batch=None, tail=None):
+    """input -> [Pad] -> 3×3 conv (stride 2) -> Relu -> 1×1 conv (1×bsr-pruned at p) + bias -> Clip(0, 6)
+    [-> ``tail`` op, e.g. Sigmoid: something none of our kernels computes, left to TVM/MetaSchedule]."""
     w1 = rng.standard_normal((c_mid, c_in, 3, 3)).astype(np.float32) * 0.3
     w2 = block_pruned(rng, c_out, c_mid, bsr, p)[:, :, None, None]
     b2 = rng.standard_normal(c_out).astype(np.float32)
@@ -113,7 +87,9 @@ def conv_graph(rng, *, pad=True, p=0.5, bsr=4, c_in=8, c_mid=16, c_out=12, size=
     nodes += [helper.make_node("Conv", [first, "w1"], ["c1"], strides=[2, 2], pads=[0, 0, 0, 0] if pad else [1, 1, 1, 1]),
               helper.make_node("Relu", ["c1"], ["r1"]),
               helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
-              helper.make_node("Clip", ["c2", "lo", "hi"], ["y"])]
+              helper.make_node("Clip", ["c2", "lo", "hi"], ["y" if tail is None else "clipped"])]
+    if tail is not None:
+        nodes.append(helper.make_node(tail, ["clipped"], ["y"]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [batch, c_in, size, size])],
                               [helper.make_tensor_value_info("y", 1, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -159,11 +135,12 @@ def load_and_run(library, x):
 def test_compile_small_graph_rewrites_and_matches_onnxruntime(tmp_path, rng):
     model_path = save(conv_graph(rng, p=0.6, batch="N"), tmp_path / "g.onnx")  # dynamic batch, a Pad
     out = tmp_path / "build" / "g.so"
-    sidecar = compiler.compile_onnx(model_path, out, options=compiler.Options(tune_bsr=False, progress=False),
+    sidecar = compiler.compile_onnx(model_path, out, options=compiler.Options(tune_kernels=False, progress=False),
                                     log=lambda *_: None)
-    assert [layer["kind"] for layer in sidecar["layers"]] == ["conv2d"]
-    layer = sidecar["layers"][0]
-    assert layer["epilogue"] == {"bias": True, "lower": 0.0, "upper": 6.0}  # bias + Clip fused
+    assert [layer["role"] for layer in sidecar["layers"]] == ["pointwise"]
+    assert [k["role"] for k in sidecar["kernels"]] == ["conv", "pointwise"] and sidecar["leftover_ops"] == {}
+    assert sidecar["kernels"][0]["epilogue"] == "clip(0.0, None)"  # the 3×3 conv's Relu fused (no bias)
+    assert sidecar["layers"][0]["epilogue"] == "bias+clip(0.0, 6.0)"  # bias + Clip fused
     assert sidecar["verification"]["passed"] and sidecar["verification"]["max_rel_error"] <= 1e-4
     x = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
     got, want = load_and_run(out, x), run_ort(onnx.load(str(model_path)), x)
@@ -172,22 +149,23 @@ def test_compile_small_graph_rewrites_and_matches_onnxruntime(tmp_path, rng):
     assert json.loads(compiler.sidecar_path(out).read_text())["layers"] == sidecar["layers"]
 
 
-def test_bsr_knob_search_and_dense_tuning_reuse_their_records(tmp_path, rng):
-    model_path = save(conv_graph(rng, pad=False, size=8), tmp_path / "g.onnx")
+def test_knob_search_and_dense_tuning_reuse_their_records(tmp_path, rng):
+    model_path = save(conv_graph(rng, pad=False, size=8, tail="Sigmoid"), tmp_path / "g.onnx")
     work = tmp_path / "tuning"
     options = compiler.Options(trials=2, progress=False)
     first = compiler.compile_onnx(model_path, tmp_path / "a.so", work_dir=work, options=options, log=lambda *_: None)
     ms_first = first["tuning"]["metaschedule"]
     assert ms_first["tasks"] >= 1 and ms_first["new_trials"] >= 1 and ms_first["reused_trials"] == 0
     assert (work / tuning.MS_DIR / "database_tuning_record.json").stat().st_size > 0
-    knobs = json.loads((work / tuning.KNOBS_FILE).read_text())
-    assert len(knobs) == 1 and len(next(iter(knobs.values()))["candidates"]) >= 2
+    assert first["leftover_ops"] == {"relax.sigmoid": 1}
+    knobs = json.loads((work / knob_search.KNOBS_FILE).read_text())
+    assert len(knobs) == 2 and all(len(entry["candidates"]) >= 2 for entry in knobs.values())  # conv + pointwise
     assert first["layers"][0]["kernel_ms"] > 0
     second = compiler.compile_onnx(model_path, tmp_path / "b.so", work_dir=work, options=options, log=lambda *_: None)
     ms_second = second["tuning"]["metaschedule"]
     assert ms_second["new_trials"] == 0 and ms_second["reused_trials"] == ms_first["tasks"] * 2
     assert second["layers"][0]["knobs"] == first["layers"][0]["knobs"]
-    assert json.loads((work / tuning.KNOBS_FILE).read_text()) == knobs  # nothing re-measured
+    assert json.loads((work / knob_search.KNOBS_FILE).read_text()) == knobs  # nothing re-measured
     assert second["verification"]["passed"]
 
 
@@ -199,9 +177,9 @@ def test_dense_tuning_with_an_unnamed_handler_on_metaschedules_logger(tmp_path, 
     handler = logging.StreamHandler()  # no name, like pytest's capture handlers or an application's own
     logger.addHandler(handler)
     try:
-        model_path = save(conv_graph(rng, pad=False, size=8), tmp_path / "g.onnx")
+        model_path = save(conv_graph(rng, pad=False, size=8, tail="Sigmoid"), tmp_path / "g.onnx")
         sidecar = compiler.compile_onnx(model_path, tmp_path / "a.so", work_dir=tmp_path / "w",
-                                        options=compiler.Options(trials=1, tune_bsr=False, progress=False),
+                                        options=compiler.Options(trials=1, tune_kernels=False, progress=False),
                                         log=lambda *_: None)
         assert sidecar["tuning"]["metaschedule"]["new_trials"] >= 1
         assert handler in logger.handlers
@@ -209,7 +187,7 @@ def test_dense_tuning_with_an_unnamed_handler_on_metaschedules_logger(tmp_path, 
         logger.removeHandler(handler)
 
 
-def test_bsr_knob_search_over_rpc(tmp_path, rng):
+def test_knob_search_over_rpc(tmp_path, rng):
     """The knob search measures on a TVM RPC server (here a local one on loopback)."""
     from tvm import rpc
 
@@ -219,11 +197,11 @@ def test_bsr_knob_search_over_rpc(tmp_path, rng):
         mod, *_ = compiler.import_onnx(model_path)
         from export.tvm import rewrite
 
-        plan = rewrite.plan_bsr(mod)
-        entries = tuning.search_bsr_knobs(plan.layers, plan.matrices, HOST, tmp_path,
-                                          rpc=Rpc("127.0.0.1", server.port), progress=False)
-        (entry,) = entries.values()
-        assert entry["ms"] > 0 and all(ms > 0 for _, ms in entry["candidates"])
+        plan = rewrite.plan(mod, rewrite.Settings(lanes=HOST.vector_lanes()))
+        entries = knob_search.search(plan.ops, HOST, tmp_path, rpc=Rpc("127.0.0.1", server.port), progress=False)
+        assert len(entries) == 2
+        for entry in entries.values():
+            assert entry["ms"] > 0 and all(ms > 0 for _, ms in entry["candidates"])
     finally:
         server.terminate()
 
@@ -263,10 +241,11 @@ def pruned_mobilenet_onnx(tmp_path_factory):
 def test_pruned_mobilenet_every_eligible_layer_rewritten(pruned_mobilenet_onnx, tmp_path, rng):
     path, sparsities = pruned_mobilenet_onnx
     out = tmp_path / "v2.so"
-    sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_bsr=False, progress=False),
+    sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_kernels=False, progress=False),
                                     log=lambda *_: None)
-    convs = [layer for layer in sidecar["layers"] if layer["kind"] == "conv2d"]
+    convs = sidecar["layers"]  # 1×1 convs: pointwise kernels, or matrix-vector ones on the 1×1 maps at 32 px
     assert len(convs) == sum(s >= 0.2 for s in sparsities) == len(sparsities) - 1
+    assert sidecar["leftover_ops"] == {}  # every operation on our kernels
     assert sorted(round(layer["block_sparsity"], 4) for layer in convs) == sorted(
         round(s, 4) for s in sparsities if s >= 0.2)
     assert any(layer["block_sparsity"] == 1.0 for layer in convs)  # the all-zero layer: bias only
@@ -284,12 +263,55 @@ def test_pruned_mobilenet_every_eligible_layer_rewritten(pruned_mobilenet_onnx, 
 def test_pruned_mobilenet_threshold_zero_rewrites_dense_layers_too(pruned_mobilenet_onnx, tmp_path):
     path, sparsities = pruned_mobilenet_onnx
     sidecar = compiler.compile_onnx(path, tmp_path / "all.so",
-                                    options=compiler.Options(min_sparsity=0.0, tune_bsr=False, progress=False),
+                                    options=compiler.Options(min_sparsity=0.0, tune_kernels=False, progress=False),
                                     log=lambda *_: None)
-    convs = [layer for layer in sidecar["layers"] if layer["kind"] == "conv2d"]
+    convs = [layer for layer in sidecar["layers"] if layer["shape"].get("spatial", True)]  # all but the MatMul
     assert len(convs) == len(sparsities) and min(layer["block_sparsity"] for layer in convs) == 0.0
-    assert [layer["kind"] for layer in sidecar["layers"]].count("matmul") == 1  # the classifier
+    assert len(sidecar["layers"]) == len(convs) + 1  # the classifier too
     assert sidecar["verification"]["passed"]
+
+
+@pytest.mark.parametrize("arch, nchw", [("mobilenet_v1", True), ("mobilenet_v3_small", True), ("mobilenet_v2", False)])
+def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
+    """Every operation of a pruned MobileNet (stem, depthwise, pointwise, squeeze-excite, hard-swish,
+    pooling, classifier) is one of our kernels, and the build reproduces onnxruntime on varying logits."""
+    import collections
+
+    import onexn_tf as ox
+    from conftest import calibrate_pruned, small_model, synthetic_batch
+    from export import onnx_format
+    from onexn_tf._keras import keras
+
+    model = small_model(arch)
+    pruned = ox.prune_1xn(model, n=4, sparsity=0.5)
+    ox.update_masks(pruned)
+    calibrate_pruned(pruned, synthetic_batch(model, 16, seed=3, arch=arch)[0])
+    deployed, _ = ox.deployable(pruned)
+    path = tmp_path / f"{arch}.onnx"
+    onnx_format.write(deployed, path, nchw=nchw)
+    out = tmp_path / f"{arch}.so"
+    sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_kernels=False, progress=False),
+                                    log=lambda *_: None)
+    assert sidecar["leftover_ops"] == {}
+    roles = collections.Counter(k["role"] for k in sidecar["kernels"])
+    depthwise = sum(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in deployed.layers)
+    assert roles["depthwise"] == depthwise and roles["conv"] == 1
+    assert roles["pool"] + roles["view"] >= 1  # at 32 px the last map may be 1×1: its mean is a view
+    assert len(sidecar["layers"]) == len(ox.pruning_wrappers(pruned))  # every pruned layer block-sparse
+    assert all(abs(layer["block_sparsity"] - 0.5) < 0.05 for layer in sidecar["layers"])
+    if arch == "mobilenet_v3_small":
+        assert roles["scale"] >= 1 and any("hswish" in k["epilogue"] for k in sidecar["kernels"])
+    if not nchw:
+        assert roles["to_nchw"] == 1
+    name, shape = onnx_graph.input_shape(onnx.load(str(path)))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xs = [rng.uniform(-1, 1, shape).astype(np.float32) * (127.5 if "v3" in arch else 1) + (127.5 if "v3" in arch else 0)
+          for _ in range(4)]
+    want = np.concatenate([session.run(None, {name: x})[0] for x in xs])
+    got = np.concatenate([load_and_run(out, x) for x in xs])
+    scale = np.abs(want).max()
+    assert want.std(axis=0).mean() > 1e-3 * scale, "logits do not vary across inputs"
+    assert np.abs(got - want).max() <= 1e-4 * scale
 
 
 def _elf_machine(blob: bytes) -> int:
@@ -305,7 +327,7 @@ AARCH64 = 183  # ELF e_machine
 def test_cross_compile_for_aarch64_gives_an_aarch64_elf(pruned_mobilenet_onnx, tmp_path):
     path, _ = pruned_mobilenet_onnx
     out = tmp_path / "a72.so"
-    sidecar = compiler.compile_onnx(path, out, options=compiler.Options(target="aarch64-linux", tune_bsr=False,
+    sidecar = compiler.compile_onnx(path, out, options=compiler.Options(target="aarch64-linux", tune_kernels=False,
                                                                         progress=False), log=lambda *_: None)
     assert _elf_machine(out.read_bytes()) == AARCH64
     assert sidecar["target"]["config"]["mtriple"] == "aarch64-linux-gnu"
@@ -317,7 +339,7 @@ def test_android_without_ndk_writes_a_tar_of_aarch64_objects(pruned_mobilenet_on
     monkeypatch.delenv("TVM_NDK_CC", raising=False)
     path, _ = pruned_mobilenet_onnx
     out = tmp_path / "phone.tar"
-    compiler.compile_onnx(path, out, options=compiler.Options(target="android-arm64", tune_bsr=False,
+    compiler.compile_onnx(path, out, options=compiler.Options(target="android-arm64", tune_kernels=False,
                                                               progress=False), log=lambda *_: None)
     with tarfile.open(out) as tar:
         objects = [m for m in tar.getmembers() if m.name.endswith(".o")]
@@ -366,6 +388,6 @@ def test_cli_missing_cross_compiler_exits_2(small_onnx, tmp_path, capsys, monkey
 
 def test_cli_compiles_and_prints_a_summary(small_onnx, tmp_path, capsys):
     out = tmp_path / "m.so"
-    assert cli.run([str(small_onnx), "--out", str(out), "--quiet", "--no-tune-bsr"]) == 0
+    assert cli.run([str(small_onnx), "--out", str(out), "--quiet", "--no-tune-kernels"]) == 0
     assert "1 BSR layers" in capsys.readouterr().out
     assert out.exists() and compiler.sidecar_path(out).exists()

@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bsc", type=int, default=1, help="block columns: input channels per block (only 1)")
     p.add_argument("--min-sparsity", type=float, default=0.2,
                    help="rewrite a pointwise layer only if at least this fraction of its blocks is zero")
-    p.add_argument("--dense", action="store_true", help="no BSR rewrite (the dense baseline build)")
-    p.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per dense task (0: untuned)")
-    p.add_argument("--no-tune-bsr", action="store_true", help="default BSR knobs instead of a measured search")
+    p.add_argument("--dense", action="store_true", help="every layer dense through the same kernels (the dense baseline)")
+    p.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per task our kernels do not cover "
+                   "(0: untuned)")
+    p.add_argument("--no-tune-kernels", "--no-tune-bsr", dest="no_tune_kernels", action="store_true",
+                   help="our kernels' default knobs instead of a measured search")
     p.add_argument("--work-dir", type=Path, help="tuning records (default: <out dir>/tvm_tuning)")
     p.add_argument("--rpc-tracker", type=cli.host_port, metavar="HOST:PORT", help="measure through this RPC tracker")
     p.add_argument("--rpc-key", help="device key at the tracker")
@@ -70,7 +72,7 @@ def options_from(args):
         rpc = Rpc(*args.rpc)
     return compiler.Options(target=args.target, mcpu=args.mcpu, num_cores=args.num_cores, bsr=args.bsr,
                             bsc=args.bsc, min_sparsity=args.min_sparsity, dense=args.dense, trials=args.trials,
-                            tune_bsr=not args.no_tune_bsr, rpc=rpc, rtol=args.rtol, samples=args.samples,
+                            tune_kernels=not args.no_tune_kernels, rpc=rpc, rtol=args.rtol, samples=args.samples,
                             seed=args.seed, progress=not args.quiet)
 
 

@@ -1,8 +1,10 @@
-"""ONNX -> Relax -> (BSR rewrite, tuning) -> verified library for a named target, plus a sidecar JSON.
+"""ONNX -> Relax -> (our kernels, tuning) -> verified library for a named target, plus a sidecar JSON.
 
-The steps, each in its own module: :mod:`onnx_graph` (static batch, folded pads), :mod:`rewrite`
-(pointwise layers -> BSR kernels), :mod:`tuning` (BSR knobs measured, dense tasks MetaSchedule-tuned,
-both cached in ``work_dir``), :mod:`targets` (target dict and linker). Nothing is written unless the
+The steps, each in its own module: :mod:`onnx_graph` (static batch, folded pads, transposes removed),
+:mod:`rewrite` (every MobileNet operation -> one of our NCHW kernels: BSR or dense pointwise,
+depthwise, stem, pooling, matrix-vector, squeeze-excite scale), :mod:`knob_search` (each kernel's
+knobs measured, cached in ``work_dir``), :mod:`tuning` (MetaSchedule for whatever is left, optional),
+:mod:`targets` (target dict and linker). Nothing is written unless the
 compiled graph reproduces onnxruntime on the original ONNX model within ``rtol``: the host build
 itself, or for a cross target a host build of the same rewritten graph (the device code differs only
 in codegen and tuned dense schedules).
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.tvm import onnx_graph, rewrite, targets, tuning
+from export.tvm import knob_search, onnx_graph, rewrite, targets, tuning
 from export.verify import VerificationError, compare_outputs
 from onexn_tf import files, provenance
 from onexn_tf.errors import InvalidArgument
@@ -32,9 +34,9 @@ class Options:
     bsr: int = 4
     bsc: int = 1
     min_sparsity: float = 0.2
-    dense: bool = False  # no BSR rewrite: the dense baseline build
-    trials: int = 0  # MetaSchedule trials per dense task (0: untuned)
-    tune_bsr: bool = True  # measure the BSR kernels' knobs (else defaults)
+    dense: bool = False  # every matrix dense: the dense baseline through the same kernels
+    trials: int = 0  # MetaSchedule trials per task left to TVM (0: untuned)
+    tune_kernels: bool = True  # measure our kernels' knobs (else defaults)
     rpc: Rpc | None = None  # measure on this device instead of here
     rtol: float = 1e-4
     samples: int = 2
@@ -77,6 +79,8 @@ def import_onnx(path):
     name, shape = onnx_graph.input_shape(model)
     model = onnx_graph.simplify(model, batch=shape[0])
     model, folded = onnx_graph.fold_pads(model)
+    model, _ = onnx_graph.drop_identity_reshapes(model)
+    model, _ = onnx_graph.fold_batchnorm(model)
     return from_onnx(model, shape_dict={name: list(shape)}), name, shape, model, folded
 
 
@@ -137,26 +141,24 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
 
     t = time.time()
     mod, name, shape, _, folded = import_onnx(onnx_path)
-    if options.dense:
-        plan = rewrite.Plan(rewrite.canonicalize_clip(mod), [], [], [], [])
-    else:
-        plan = rewrite.plan_bsr(mod, bsr=options.bsr, bsc=options.bsc, min_sparsity=options.min_sparsity)
+    lanes = spec.vector_lanes()
+    settings = rewrite.Settings(bsr=options.bsr, min_sparsity=options.min_sparsity, dense=options.dense, lanes=lanes)
+    plan = rewrite.plan(mod, settings)
     seconds["import"] = time.time() - t
-    log(f"imported {Path(onnx_path).name}: input {name} {list(shape)}; {len(plan.layers)} layers to BSR "
-        f"(bsr={options.bsr}), {len(plan.skipped)} pointwise layers left dense")
+    log(f"imported {Path(onnx_path).name}: input {name} {list(shape)}; {len(plan.ops)} ops on our kernels, "
+        f"{len(plan.sparse_layers)} of them block-sparse (bsr={options.bsr}), {len(plan.skipped)} layers kept dense "
+        f"or left to TVM")
 
     t = time.time()
     entries = {}
-    if plan.layers and options.tune_bsr:
+    if plan.ops and options.tune_kernels:
         cross = None if spec.is_host else fcompile
-        entries = tuning.search_bsr_knobs(plan.layers, plan.matrices, spec, work_dir, rpc=options.rpc,
-                                          cross_compiler=cross, progress=options.progress)
-        knobs_for = tuning.knobs_from(entries, spec)
-    else:
-        knobs_for = lambda shape_, _epilogue: tuning.default_knobs(shape_, spec)  # noqa: E731
-    new = rewrite.apply_plan(plan, knobs_for)
+        entries = knob_search.search(plan.ops, spec, work_dir, rpc=options.rpc, cross_compiler=cross,
+                                     progress=options.progress)
+    new = rewrite.apply_plan(plan, knob_search.knobs_from(entries, spec), lanes)
+    leftover = rewrite.leftover_ops(new)
     prepared = tuning.zero_pipeline(new)
-    seconds["bsr_tuning"] = time.time() - t
+    seconds["kernel_tuning"] = time.time() - t
 
     t = time.time()
     dense = None
@@ -206,10 +208,13 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
                    "pads_folded": folded},
         "target": {"name": spec.name, "config": spec.config, "linker": linker, "vector_lanes": spec.vector_lanes()},
         "bsr": None if options.dense else {"bsr": options.bsr, "bsc": options.bsc, "min_sparsity": options.min_sparsity},
-        "layers": [_layer_record(layer, entries, spec) for layer in plan.layers],
+        "layers": [_op_record(op, entries, spec) for op in plan.sparse_layers],
+        "kernels": [_op_record(op, entries, spec) for op in plan.ops],
         "dense_pointwise": [dataclasses.asdict(s) for s in plan.skipped],
-        "tuning": {"work_dir": str(work_dir), "bsr_knobs": str(work_dir / tuning.KNOBS_FILE) if entries else None,
-                   "bsr_knobs_measured_on": ("rpc" if options.rpc else "local") if entries else None,
+        "leftover_ops": leftover,
+        "tuning": {"work_dir": str(work_dir),
+                   "kernel_knobs": str(work_dir / knob_search.KNOBS_FILE) if entries else None,
+                   "kernel_knobs_measured_on": ("rpc" if options.rpc else "local") if entries else None,
                    "metaschedule": dataclasses.asdict(dense) if dense else None},
         "verification": verification,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
@@ -219,8 +224,6 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     return sidecar
 
 
-def _layer_record(layer, entries, spec) -> dict:
-    entry = entries.get(tuning._key(spec, layer.shape, layer.epilogue), {})
-    return {"name": layer.name, "kind": layer.kind, "shape": dataclasses.asdict(layer.shape),
-            "block_sparsity": round(layer.block_sparsity, 6), "epilogue": dataclasses.asdict(layer.epilogue),
-            "knobs": dataclasses.asdict(layer.knobs), "kernel_ms": entry.get("ms")}
+def _op_record(op, entries, spec) -> dict:
+    entry = entries.get(knob_search.cache_key(spec, op), {}) if op.kernel is not None else {}
+    return {**op.record(), "kernel_ms": entry.get("ms")}

@@ -142,6 +142,81 @@ def fold_pads(model) -> tuple["onnx.ModelProto", int]:
     return model, len(folded)
 
 
+def drop_identity_reshapes(model) -> tuple["onnx.ModelProto", int]:
+    """Remove every Reshape whose static input and output shapes are equal (what onnxruntime makes of
+    an NHWC <-> NCHW transpose on a 1×1 map); returns a copy. They would split a layer's chain."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+    shapes = {}
+    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims) and dims:
+            shapes[info.name] = tuple(d.dim_value for d in dims)
+    graph_outputs = {o.name for o in model.graph.output}
+    removed = []
+    for node in model.graph.node:
+        if (node.op_type == "Reshape" and node.output[0] not in graph_outputs
+                and shapes.get(node.input[0]) is not None and shapes.get(node.input[0]) == shapes.get(node.output[0])):
+            removed.append(node)
+    renames = {node.output[0]: node.input[0] for node in removed}
+    for node in removed:
+        model.graph.node.remove(node)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            while name in renames:
+                name = renames[name]
+            node.input[i] = name
+    return model, len(removed)
+
+
+def fold_batchnorm(model) -> tuple["onnx.ModelProto", int]:
+    """Fold every inference ``BatchNormalization`` that follows a Conv (its only consumer, constant
+    weights) into the Conv's weights and bias; returns a copy. tf2onnx and onnxruntime fold most of
+    them, but not all (e.g. some small-map MobileNet layers), and a left-over BatchNorm is a separate
+    pass over the tensor that none of our kernels would compute."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    removed = []
+    for bn in model.graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producers.get(bn.input[0])
+        params = [_constant(model, name) for name in bn.input[1:5]]
+        if (conv is None or conv.op_type != "Conv" or conv.input[1] not in inits or any(p is None for p in params)
+                or len(consumers.get(conv.output[0], [])) != 1 or conv.output[0] in graph_outputs):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)
+        scale = gamma / np.sqrt(var + eps)
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] \
+            else np.zeros(weight.shape[0])
+        weight_name, bias_name = conv.output[0] + "_bn_weight", conv.output[0] + "_bn_bias"
+        model.graph.initializer.append(numpy_helper.from_array(
+            (weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32), weight_name))
+        model.graph.initializer.append(numpy_helper.from_array(((bias - mean) * scale + beta).astype(np.float32),
+                                                               bias_name))
+        del conv.input[1:]
+        conv.input.extend([weight_name, bias_name])
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+    for bn in removed:
+        model.graph.node.remove(bn)
+    return model, len(removed)
+
+
 def block_prune_pointwise(model, n: int, sparsity: float, *, skip_out_channels: int | None = None):
     """A copy of ``model`` whose pointwise (1×1, ungrouped) Conv weights are 1×``n``-pruned at ``sparsity``
     with the library's block-L1 criterion: latency probes at sparsities nobody trained (their outputs

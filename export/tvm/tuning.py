@@ -1,11 +1,12 @@
-"""Tuning: MetaSchedule for the dense remainder, a measured knob search for our BSR kernels.
+"""MetaSchedule for whatever in a model none of our kernels computes.
 
-MetaSchedule cannot tune the BSR kernels (their inner loop runs over ``indptr``, which its search space
-cannot tile and its runner fills with random indices), so those are timed here with their real
-weights over :func:`kernels.candidate_knobs`; the dense tasks (stem, depthwise, pooling, layers left
-dense) go through MetaSchedule. Both write into the job's tuning directory, so a rerun reuses every
-measurement: a task already holding ``trials`` records is not tuned again, a partly tuned one (a run
-that was stopped) gets only the missing trials, identical tasks are tuned once.
+Our kernels (:mod:`export.tvm.kernels`) are tuned by :mod:`export.tvm.knob_search`; MetaSchedule
+cannot tune them (the BSR loops run over ``indptr``, which its search space cannot tile and its runner
+fills with random indices) and is not asked to: they are marked scheduled and skipped here. What is
+left (ops of a user's model that match no kernel) goes through MetaSchedule, recorded in the job's
+tuning directory, so a rerun reuses every measurement: a task already holding ``trials`` records is
+not tuned again, a partly tuned one (a run that was stopped) gets only the missing trials, identical
+tasks are tuned once.
 
 TVM 0.27 trap handled here: MetaSchedule imports ``tvm.s_tir.tensor_intrin`` in every builder
 worker and tune context (~40 s here, against a 30 s build timeout); :mod:`ms_builder` registers only
@@ -18,22 +19,17 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from export.tvm import kernels
 from export.tvm.ms_builder import build_without_intrinsics, cpu_tensor_intrinsics, export_with
 from export.tvm.targets import TargetSpec
 from onexn_tf import files
 from onexn_tf.rpc import Rpc
 from onexn_tf.errors import InvalidArgument
 
-BSR_PREFIX = "bsr_"
+KERNEL_PREFIX = "onexn_"
 MS_DIR = "metaschedule"
-KNOBS_FILE = "bsr_knobs.json"
 
 
 def zero_pipeline(mod):
@@ -49,11 +45,11 @@ def zero_pipeline(mod):
 
 
 def dense_tasks(prepared, target):
-    """MetaSchedule tasks of a fused module, without our hand-scheduled BSR kernels."""
+    """MetaSchedule tasks of a fused module, without our own kernels."""
     from tvm.s_tir import meta_schedule as ms
 
     return [t for t in ms.relax_integration.extract_tasks(prepared, target)
-            if not t.task_name.startswith(BSR_PREFIX)]
+            if not t.task_name.startswith(KERNEL_PREFIX)]
 
 
 def open_database(work_dir):
@@ -218,94 +214,3 @@ def _quiet_tvm_logs():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-# --- BSR knob search -----------------------------------------------------------------------------
-
-def _key(spec: TargetSpec, shape: kernels.ConvShape, epilogue: kernels.Epilogue) -> str:
-    target = json.dumps(spec.config, sort_keys=True)
-    return json.dumps([target, dataclasses.astuple(shape), dataclasses.astuple(epilogue)])
-
-
-class _Timer:
-    """Times one built kernel, here or on an RPC device, with real (data, indices, indptr) arguments."""
-
-    def __init__(self, spec: TargetSpec, rpc: Rpc | None, cross_compiler):
-        import tvm
-
-        self.spec, self.rpc, self.cross_compiler = spec, rpc, cross_compiler
-        self.session = rpc.connect() if rpc else None
-        self.device = self.session.cpu() if self.session else tvm.cpu()
-        self.count = 0
-
-    def __call__(self, func, args: list[np.ndarray], repeat: int) -> float:
-        import tvm
-
-        lib = tvm.compile(func, target=self.spec.target())
-        if self.session:
-            # a new name each time: the device's dlopen caches libraries by path
-            self.count += 1
-            name = f"onexn_bsr_candidate_{os.getpid()}_{self.count}.so"
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, name)
-                lib.export_library(path, fcompile=self.cross_compiler)
-                self.session.upload(path)
-                lib = self.session.load_module(name)
-        else:
-            lib = lib.jit()
-        tensors = [tvm.runtime.tensor(a, device=self.device) for a in args]
-        timer = lib.time_evaluator(str(func.attrs["global_symbol"]), self.device, number=1, repeat=repeat, min_repeat_ms=20)
-        return float(np.median(timer(*tensors).results)) * 1e3
-
-
-def search_bsr_knobs(layers, matrices, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None,
-                     cross_compiler=None, repeat: int = 5, progress: bool = True) -> dict:
-    """Fastest :class:`kernels.Knobs` per (shape, epilogue) of ``layers`` (RewrittenLayer list, with
-    their Bsr ``matrices``), measured and cached in ``work_dir``/bsr_knobs.json. Returns key -> entry."""
-    from tqdm import tqdm
-
-    path = Path(work_dir) / KNOBS_FILE
-    cache = json.loads(path.read_text()) if path.exists() else {}
-    lanes = spec.vector_lanes()
-    todo = {}
-    for layer, matrix in zip(layers, matrices):
-        key = _key(spec, layer.shape, layer.epilogue)
-        if key not in cache and key not in todo:
-            todo[key] = (layer, matrix)
-    if todo:
-        timer = _Timer(spec, rpc, cross_compiler)
-        rng = np.random.default_rng(0)
-        bar = tqdm(total=len(todo), unit="layer", desc="tuning BSR kernels", disable=not progress)
-        for key, (layer, matrix) in todo.items():
-            shape = layer.shape
-            x = rng.standard_normal((shape.batch, shape.c_in, shape.height, shape.width)).astype(np.float32)
-            data = matrix.data if matrix.nnz else np.zeros((1, shape.bsr), np.float32)
-            indices = matrix.indices if matrix.nnz else np.zeros((1,), np.int32)
-            args = [x, data, indices, matrix.indptr, np.zeros(shape.block_rows * shape.bsr, np.float32),
-                    np.zeros((shape.batch, shape.c_out, shape.height, shape.width), np.float32)]
-            timings = []
-            for knobs in kernels.candidate_knobs(shape, lanes, int(spec.config["num-cores"])):
-                func = kernels.bsr_conv1x1(shape, layer.epilogue, knobs, name="bsr_candidate")
-                timings.append((timer(func, args, repeat), knobs))
-            best_ms, best = min(timings, key=lambda t: t[0])
-            cache[key] = {"knobs": dataclasses.asdict(best), "ms": best_ms,
-                          "candidates": [[dataclasses.asdict(k), ms] for ms, k in timings]}
-            files.write_json(path, cache)  # after every layer: a stopped search resumes here
-            bar.update(1)
-        bar.close()
-    keys = (_key(spec, layer.shape, layer.epilogue) for layer in layers)
-    return {key: cache[key] for key in keys}
-
-
-def knobs_from(entries: dict, spec: TargetSpec):
-    """A ``knobs_for(shape, epilogue)`` for :func:`rewrite.rewrite_bsr` from searched entries."""
-    def knobs_for(shape, epilogue):
-        entry = entries.get(_key(spec, shape, epilogue))
-        return kernels.Knobs(**entry["knobs"]) if entry else default_knobs(shape, spec)
-    return knobs_for
-
-
-def default_knobs(shape: kernels.ConvShape, spec: TargetSpec) -> kernels.Knobs:
-    """Untuned choice: two vectors of pixels per tile, block rows in parallel."""
-    lanes = spec.vector_lanes()
-    return kernels.Knobs(min(2 * lanes, max(lanes, shape.pixels)), "rows")

@@ -1,0 +1,228 @@
+"""K×K convolutions on NCHW planes, stride 1 or 2, any zero padding: depthwise, and dense over a few
+input channels (the stem).
+
+Output pixels run along a row in vectors of the target's lanes, so a tap's inputs are one contiguous
+load (stride 1) or two loads and a shuffle keeping every other lane (stride 2; no gather, no read
+past the row). Every border is resolved when the kernel is generated: the interior columns and rows
+take every tap unconditionally, the few border pixels (at most K//2 per side) are scalar code with
+exactly their valid taps, and the last vector tile of a row overlaps its neighbour instead of
+needing a tail. Several output rows (``rows``) and tiles (``vectors``) are computed together so
+the input rows they share are loaded once and enough independent FMA chains are in flight.
+
+Depthwise: one plane per channel, planes in parallel. Dense (``groups == 1``): ``out_block`` output
+channels share each input load; blocks of output channels in parallel. An optional scalar affine
+``a·x + b`` on the input (Keras' ``Rescaling`` before the stem) is applied to loaded values only,
+so the zero padding stays zero exactly as in the original graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tvm import tirx
+from tvm.tirx.script import builder as T
+
+from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
+                                    shuffle_even, shuffle_odd, vload, vstore)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialShape:
+    batch: int
+    c_in: int
+    height: int
+    width: int
+    c_out: int
+    kernel: int
+    stride: int
+    pads: tuple  # top, left, bottom, right
+    depthwise: bool
+    affine: tuple | None = None  # (a, b): the input is a·x + b (padding stays 0)
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + self.pads[0] + self.pads[2] - self.kernel) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + self.pads[1] + self.pads[3] - self.kernel) // self.stride + 1
+
+    def inputs(self, epilogue=None) -> list[tuple]:
+        return [(self.batch, self.c_in, self.height, self.width)]
+
+    def constants(self) -> list[tuple]:
+        per_out = self.kernel * self.kernel * (1 if self.depthwise else self.c_in)
+        return [(self.c_out, per_out), (self.c_out,)]
+
+    def output(self) -> tuple:
+        return (self.batch, self.c_out, self.out_height, self.out_width)
+
+    def macs(self) -> int:
+        per_out = self.kernel * self.kernel * (1 if self.depthwise else self.c_in)
+        return self.batch * self.c_out * self.out_height * self.out_width * per_out
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialKnobs:
+    vectors: int = 2  # output vectors per tile along a row
+    rows: int = 1  # output rows computed together
+    out_block: int = 4  # dense: output channels sharing each input load (depthwise: 1)
+    parallel: bool = True
+
+
+def supported(kernel: int, stride: int) -> bool:
+    return stride in (1, 2) and kernel % 2 == 1 and kernel >= 1
+
+
+def candidates(shape: SpatialShape, lanes: int, cores: int) -> list[SpatialKnobs]:
+    parallel = cores > 1
+    if shape.depthwise:
+        return [SpatialKnobs(v, r, 1, parallel) for v, r in ((1, 1), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4))]
+    return [SpatialKnobs(v, r, b, parallel) for v, r, b in ((1, 1, 8), (2, 1, 4), (1, 2, 4), (2, 1, 8), (1, 1, 16))]
+
+
+def default_knobs(shape: SpatialShape, lanes: int, cores: int) -> SpatialKnobs:
+    return SpatialKnobs(1, 1, 1 if shape.depthwise else 8, cores > 1)
+
+
+def _valid(o: int, stride: int, pad: int, k: int, size: int) -> list[int]:
+    return [t for t in range(k) if 0 <= o * stride - pad + t <= size - 1]
+
+
+def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes: int, name: str):
+    """``(x, w, bias, y)``; ``w`` is ``[C_out, K·K]`` (depthwise) or ``[C_out, C_in·K·K]``."""
+    N, CI, H, W, CO = shape.batch, shape.c_in, shape.height, shape.width, shape.c_out
+    K, S = shape.kernel, shape.stride
+    pt, pl, _, _ = shape.pads
+    OH, OW = shape.out_height, shape.out_width
+    if not supported(K, S) or (shape.depthwise and CI != CO):
+        raise ValueError(f"unsupported spatial convolution {shape}")
+    V = lanes
+    L = -(-pl // S)  # interior columns [L, RE): every tap inside the row
+    RE = max(L, (W - K + pl) // S + 1)
+    TL = -(-pt // S)  # interior rows [TL, BR)
+    BR = max(TL, (H - K + pt) // S + 1)
+    NI = RE - L
+    m = max(0, min(knobs.vectors, NI // V))
+    tile = m * V
+    OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
+    groups = CO if shape.depthwise else -(-CO // OB)
+    taps = K * K * (1 if shape.depthwise else CI)
+    with prim_func(name) as fn:
+        X = buffer_arg("x", (N, CI, H, W))
+        Wt = buffer_arg("w", (CO, taps))
+        B = buffer_arg("bias", (CO,))
+        Y = buffer_arg("y", (N, CO, OH, OW))
+        Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * CO * OH * OW), flat(Wt, CO * taps)
+        with T.serial(0, N) as n:
+            with parallel_or_serial(knobs.parallel)(0, groups) as g:
+                # output channels of this group: [co0, co0 + OB); the last group of a dense conv may be short
+                def body(outs: int):
+                    co0 = g * OB
+                    cins = [g] if shape.depthwise else list(range(CI))
+
+                    def weight(o, ci_index, ky, kx, lanes_):
+                        return bcast(Wf[(co0 + o) * taps + (ci_index * K + ky) * K + kx], lanes_)
+
+                    def bias(o, lanes_):
+                        return bcast(B[co0 + o], lanes_) if epilogue.bias else bcast(f32(0), lanes_)
+
+                    def prologue(value, lanes_):
+                        if shape.affine is None:
+                            return value
+                        a, b = shape.affine
+                        return value * bcast(f32(a), lanes_) + bcast(f32(b), lanes_)
+
+                    def plane(ci):
+                        return (n * CI + ci) * (H * W)
+
+                    def vector_taps(ci, iy, x0):
+                        """{kx: the V inputs tap kx reads for outputs x0 … x0+V-1, input row iy}."""
+                        row = plane(ci) + iy * W
+                        if S == 1:
+                            return {kx: prologue(vload(Xf, row + x0 - pl + kx, V), V) for kx in range(K)}
+                        base = row + 2 * x0 - pl
+
+                        def pair(off):
+                            return vload(Xf, base + off, V), vload(Xf, base + off + V, V)
+                        out = {}
+                        for kx in range(K):
+                            if kx % 2 == 1 or kx == K - 1:  # the last even tap: odd lanes one earlier
+                                out[kx] = shuffle_odd(*pair(kx - 1), V) if kx else shuffle_even(*pair(0), V)
+                            else:
+                                out[kx] = shuffle_even(*pair(kx), V)
+                        return {kx: prologue(v, V) for kx, v in out.items()}
+
+                    def emit_vector_rows(rows, kys):
+                        count = -(-NI // tile)
+                        with T.serial(0, count) as t:
+                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
+                            for j in range(m):
+                                xj = x0 + j * V
+                                accs = {(o, oy): bias(o, V) for o in range(outs) for oy in range(len(rows))}
+                                for ci_index, ci in enumerate(cins):
+                                    for r, oy in enumerate(rows):
+                                        for ky in kys:
+                                            inputs = vector_taps(ci, oy * S - pt + ky, xj)
+                                            for kx in range(K):
+                                                for o in range(outs):
+                                                    w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, V)
+                                                    accs[(o, r)] = accs[(o, r)] + w * inputs[kx]
+                                for o in range(outs):
+                                    for r, oy in enumerate(rows):
+                                        at = (n * CO + co0 + o) * (OH * OW) + oy * OW + xj
+                                        vstore(Yf, at, epilogue.apply(accs[(o, r)], V), V)
+
+                    def emit_scalar(oy, ox, kys, kxs):
+                        for o in range(outs):
+                            acc = bias(o, 1)
+                            for ci_index, ci in enumerate(cins):
+                                for ky in kys:
+                                    iy = oy * S - pt + ky
+                                    for kx in (kxs if kxs is not None else range(K)):
+                                        ix = ox * S - pl + kx
+                                        if kxs is not None:
+                                            value = prologue(Xf[plane(ci) + iy * W + ix], 1)
+                                        else:
+                                            value = tirx.if_then_else(
+                                                tirx.all(ix >= 0, ix < W),
+                                                prologue(Xf[plane(ci) + iy * W + tirx.max(tirx.min(ix, W - 1), 0)], 1),
+                                                f32(0))
+                                        w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, 1)
+                                        acc = acc + w * value
+                            at = (n * CO + co0 + o) * (OH * OW) + oy * OW + ox
+                            T.buffer_store(Yf, epilogue.apply(acc, 1), [at])
+
+                    def emit_rows(rows, kys):
+                        if m:
+                            emit_vector_rows(rows, kys)
+                            for ox in list(range(0, L)) + list(range(RE, OW)):
+                                for oy in rows:
+                                    emit_scalar(oy, ox, kys, _valid(ox, S, pl, K, W))
+                        else:  # a row narrower than a vector: scalar, taps checked per column
+                            with T.serial(0, OW) as ox:
+                                for oy in rows:
+                                    emit_scalar(oy, ox, kys, None)
+
+                    for oy in range(0, min(TL, OH)):
+                        emit_rows([oy], _valid(oy, S, pt, K, H))
+                    R = max(1, knobs.rows)
+                    blocks = (BR - TL) // R
+                    if blocks:
+                        with T.serial(0, blocks) as rb:
+                            emit_rows([TL + rb * R + r for r in range(R)], list(range(K)))
+                    if TL + blocks * R < BR:
+                        with T.serial(TL + blocks * R, BR) as oy:
+                            emit_rows([oy], list(range(K)))
+                    for oy in range(max(BR, TL), OH):
+                        emit_rows([oy], _valid(oy, S, pt, K, H))
+
+                last = CO - (groups - 1) * OB
+                if shape.depthwise or last == OB:
+                    body(OB)
+                else:
+                    with T.If(g < groups - 1):
+                        with T.Then():
+                            body(OB)
+                        with T.Else():
+                            body(last)
+    return fn.func

@@ -1,0 +1,110 @@
+"""The measured knob search for our kernels: each distinct kernel (kind, shape, epilogue, target) is
+generated once per candidate of its kind's small search space, all candidates are compiled into one
+library, and each is timed with the layer's real constants (weights, block structure) on a random
+input, here or on an RPC device. The fastest candidate's knobs are cached in the work directory, so a
+rerun, or another model with the same layers, measures nothing again; a stopped search resumes with
+the kernels it had not reached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from export.tvm.targets import TargetSpec
+from onexn_tf import files
+from onexn_tf.rpc import Rpc
+
+KNOBS_FILE = "kernel_knobs.json"
+
+
+def cache_key(spec: TargetSpec, op) -> str:
+    return json.dumps([spec.config, op.kernel.key()], sort_keys=True, default=str)
+
+
+class _Timer:
+    """Compiles a module of candidate kernels and times each, here or on an RPC device."""
+
+    def __init__(self, spec: TargetSpec, rpc: Rpc | None, cross_compiler, repeat: int, min_repeat_ms: int):
+        import tvm
+
+        self.spec, self.rpc, self.cross_compiler = spec, rpc, cross_compiler
+        self.repeat, self.min_repeat_ms = repeat, min_repeat_ms
+        self.session = rpc.connect() if rpc else None
+        self.device = self.session.cpu() if self.session else tvm.cpu()
+        self.count = 0
+
+    def load(self, funcs: dict):
+        import tvm
+
+        lib = tvm.compile(tvm.IRModule(funcs), target=self.spec.target())
+        if not self.session:
+            return lib.jit()
+        self.count += 1  # a new file name each time: the device's dlopen caches libraries by path
+        name = f"onexn_candidates_{os.getpid()}_{self.count}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            lib.export_library(path, fcompile=self.cross_compiler)
+            self.session.upload(path)
+        return self.session.load_module(name)
+
+    def time(self, lib, name: str, arrays: list[np.ndarray]) -> float:
+        import tvm
+
+        tensors = [tvm.runtime.tensor(a, device=self.device) for a in arrays]
+        timer = lib.time_evaluator(name, self.device, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
+        return float(np.median(timer(*tensors).results)) * 1e3
+
+
+def _arguments(op, knobs, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    constants = op.kernel.constants_for(knobs, op.constants)
+    return inputs + [np.ascontiguousarray(c) for c in constants] + [np.zeros(op.kernel.output(), np.float32)]
+
+
+def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_compiler=None, repeat: int = 5,
+           min_repeat_ms: int = 10, progress: bool = True) -> dict:
+    """Cache key -> ``{"knobs", "ms", "candidates"}`` for every op of ``ops`` (measuring the missing ones)."""
+    from tqdm import tqdm
+
+    path = Path(work_dir) / KNOBS_FILE
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    lanes, cores = spec.vector_lanes(), int(spec.config["num-cores"])
+    todo = {}
+    ops = [op for op in ops if op.kernel is not None]
+    for op in ops:
+        key = cache_key(spec, op)
+        if key not in cache and key not in todo:
+            todo[key] = op
+    if todo:
+        timer = _Timer(spec, rpc, cross_compiler, repeat, min_repeat_ms)
+        rng = np.random.default_rng(0)
+        bar = tqdm(total=len(todo), unit="kernel", desc="tuning our kernels", disable=not progress)
+        for key, op in todo.items():
+            candidates = op.kernel.candidates(lanes, cores)
+            names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
+            lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
+            inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
+            timings = [timer.time(lib, name, _arguments(op, knobs, inputs)) for name, knobs in zip(names, candidates)]
+            best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
+            cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
+                          "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
+            files.write_json(path, cache)  # after every kernel: a stopped search resumes here
+            bar.update(1)
+        bar.close()
+    return {cache_key(spec, op): cache[cache_key(spec, op)] for op in ops}
+
+
+def knobs_from(entries: dict, spec: TargetSpec):
+    """``knobs_for(op)`` for :func:`rewrite.apply_plan`: the searched knobs, else the kind's default."""
+    lanes, cores = spec.vector_lanes(), int(spec.config["num-cores"])
+
+    def knobs_for(op):
+        if op.kernel is None:
+            return None
+        entry = entries.get(cache_key(spec, op))
+        return op.kernel.knobs_from(entry["knobs"]) if entry else op.kernel.default_knobs(lanes, cores)
+    return knobs_for

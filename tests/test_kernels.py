@@ -1,0 +1,178 @@
+"""Every TIR kernel of export/tvm/kernels against numpy, on odd shapes: 1, 7×7, 15×15 (odd, stride 2),
+112×112 pixels, channel counts that are not multiples of the tile or of bsr, empty block rows, p = 0
+and p = 1, the fused residual add, 5×5 depthwise, hard-swish; vector widths of NEON (4), AVX2 (8) and
+AVX-512 (16) lanes (LLVM splits what the host lacks, so all run here)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm", reason="the tvm extra is not installed (pip install -e .[tvm])")
+
+from export.tvm import bsr as bsr_format  # noqa: E402
+from export.tvm.kernels import Epilogue, Kernel, gemv, pointwise, reduce, spatial  # noqa: E402
+
+TARGET = None
+
+
+def run(kernel: Kernel, knobs, lanes: int, arrays: list[np.ndarray]) -> np.ndarray:
+    global TARGET
+    if TARGET is None:
+        from export.tvm import targets
+        TARGET = targets.resolve("host", num_cores=2).target()
+    func = kernel.build(knobs, lanes, "k")
+    lib = tvm.compile(func, target=TARGET).jit()
+    out = np.full(kernel.output(), np.nan, np.float32)
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays] + [tvm.runtime.tensor(out)]
+    lib["k"](*tensors)
+    return tensors[-1].numpy()
+
+
+def epilogue_ref(y, epi: Epilogue, residual=None):
+    if epi.lower is not None:
+        y = np.maximum(y, epi.lower)
+    if epi.upper is not None:
+        y = np.minimum(y, epi.upper)
+    if epi.hswish:
+        y = y * np.clip(y + 3, 0, 6) / 6
+    if epi.hsigmoid:
+        y = np.clip(y + 3, 0, 6) / 6
+    if residual is not None:
+        y = y + residual
+    return y
+
+
+def close(got, want, rtol=2e-6):
+    assert not np.isnan(got).any(), "an output element was never written"
+    scale = max(np.abs(want).max(), 1e-6)
+    assert np.abs(got - want).max() <= rtol * scale * 10, np.abs(got - want).max() / scale
+
+
+def block_sparse(rng, c_out, c_in, bsr, p):
+    w = rng.standard_normal((c_out, c_in)).astype(np.float32)
+    rows = -(-c_out // bsr)
+    keep = rng.random((rows, c_in)) >= p
+    if p >= 1:
+        keep[:] = False
+    keep[rows // 2] = False if rows > 2 else keep[rows // 2]  # an empty block row
+    mask = np.repeat(keep, bsr, axis=0)[:c_out]
+    return w * mask
+
+
+EPILOGUES = [Epilogue(True, 0.0, 6.0), Epilogue(True, residual=True), Epilogue(True, hswish=True),
+             Epilogue(False, 0.0, None)]
+
+
+@pytest.mark.parametrize("c_in, pixels, c_out, bsr, p, lanes", [
+    (16, 49, 24, 4, 0.5, 8),  # 7×7
+    (8, 225, 13, 4, 0.7, 8),  # 15×15, C_out % bsr != 0
+    (32, 12544, 20, 4, 0.9, 16),  # 112×112
+    (12, 35, 30, 2, 0.0, 4),  # p = 0, bsr 2
+    (16, 100, 16, 8, 1.0, 8),  # p = 1: bias only
+    (5, 3, 9, 1, 0.5, 8),  # fewer pixels than a vector
+])
+def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
+    w = block_sparse(rng, c_out, c_in, bsr, p)
+    m = bsr_format.to_bsr(w, bsr)
+    height, width = (pixels, 1) if pixels % 7 else (7, pixels // 7)
+    shape = pointwise.PointwiseShape(2, c_in, height, width, c_out, bsr, m.nnz)
+    x = rng.standard_normal((2, c_in, height, width)).astype(np.float32)
+    bias = np.zeros(shape.block_rows * bsr, np.float32)
+    bias[:c_out] = rng.standard_normal(c_out)
+    residual = rng.standard_normal((2, c_out, height, width)).astype(np.float32)
+    consts = [m.data.reshape(-1) if m.nnz else np.zeros(bsr, np.float32),
+              (m.indices * pixels).astype(np.int32) if m.nnz else np.zeros(1, np.int32), m.indptr, bias]
+    for epi in EPILOGUES:
+        kernel = Kernel("pointwise", shape, epi)
+        want = epilogue_ref(np.einsum("oc,nchw->nohw", w.astype(np.float64), x) + bias[:c_out, None, None] * epi.bias, epi,
+                            residual if epi.residual else None)
+        chunked = [pointwise.PointwiseKnobs(3, 2, "pixels", True, 8), pointwise.PointwiseKnobs(1, 1, "pixels", True, 5)]
+        for knobs in kernel.candidates(lanes, 2)[:4] + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
+            inputs = [x, residual] if epi.residual else [x]
+            close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
+
+
+@pytest.mark.parametrize("c_in, c_out, bsr, p, lanes, spatial_", [
+    (24, 37, 4, 0.5, 8, False), (40, 16, 16, 0.0, 8, True), (7, 5, 8, 1.0, 4, False), (33, 1000, 16, 0.0, 16, True),
+    (9, 10, 2, 0.3, 8, False)])
+def test_gemv(rng, c_in, c_out, bsr, p, lanes, spatial_):
+    w = block_sparse(rng, c_out, c_in, bsr, p)
+    m = bsr_format.to_bsr(w, bsr)
+    shape = gemv.GemvShape(3, c_in, c_out, bsr, m.nnz, spatial_)
+    x = rng.standard_normal(shape.inputs(Epilogue())[0]).astype(np.float32)
+    bias = np.zeros(shape.block_rows * bsr, np.float32)
+    bias[:c_out] = rng.standard_normal(c_out)
+    consts = [m.data.reshape(-1) if m.nnz else np.zeros(bsr, np.float32),
+              m.indices if m.nnz else np.zeros(1, np.int32), m.indptr, bias]
+    residual = rng.standard_normal(shape.output()).astype(np.float32)
+    for epi in (Epilogue(True, 0.0, None), Epilogue(True, hsigmoid=True), Epilogue(True, hswish=True),
+                Epilogue(True, residual=True)):
+        kernel = Kernel("gemv", shape, epi)
+        want = epilogue_ref(x.reshape(3, c_in).astype(np.float64) @ w.T + bias[:c_out], epi,
+                            residual.reshape(3, c_out) if epi.residual else None).reshape(shape.output())
+        for knobs in kernel.candidates(lanes, 2):
+            close(run(kernel, knobs, lanes, [x] + ([residual] if epi.residual else []) + consts), want)
+
+
+def conv_ref(x, w, bias, shape: spatial.SpatialShape, epi: Epilogue):
+    if shape.affine is not None:
+        x = x * shape.affine[0] + shape.affine[1]
+    pt, pl, pb, pr = shape.pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, S, OH, OW = shape.kernel, shape.stride, shape.out_height, shape.out_width
+    y = np.zeros(shape.output())
+    for ky in range(K):
+        for kx in range(K):
+            window = xp[:, :, ky:ky + S * (OH - 1) + 1:S, kx:kx + S * (OW - 1) + 1:S]
+            if shape.depthwise:
+                y += w.reshape(shape.c_out, K, K)[None, :, ky, kx, None, None] * window
+            else:
+                y += np.einsum("oc,nchw->nohw", w.reshape(shape.c_out, shape.c_in, K, K)[:, :, ky, kx], window)
+    return epilogue_ref(y + bias[None, :, None, None], epi)
+
+
+@pytest.mark.parametrize("size, kernel, stride, pads", [
+    ((1, 1), 3, 1, (1, 1, 1, 1)), ((7, 7), 3, 1, (1, 1, 1, 1)), ((15, 15), 3, 2, (1, 1, 1, 1)),
+    ((15, 15), 3, 2, (0, 0, 1, 1)), ((16, 16), 3, 2, (0, 0, 1, 1)), ((14, 14), 5, 2, (1, 1, 2, 2)),
+    ((28, 20), 5, 1, (2, 2, 2, 2)), ((112, 112), 3, 1, (1, 1, 1, 1)), ((9, 40), 3, 2, (1, 1, 1, 1)),
+    ((5, 3), 3, 1, (0, 0, 0, 0)),
+])
+def test_depthwise(rng, size, kernel, stride, pads):
+    channels = 3 if size == (112, 112) else 5
+    shape = spatial.SpatialShape(2, channels, *size, channels, kernel, stride, pads, depthwise=True)
+    x = rng.standard_normal((2, channels, *size)).astype(np.float32)
+    w = rng.standard_normal((channels, kernel * kernel)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    for epi in (Epilogue(True, 0.0, 6.0), Epilogue(True, hswish=True)):
+        kernel_ = Kernel("depthwise", shape, epi)
+        want = conv_ref(x, w, b, shape, epi)
+        for lanes, knobs in zip((4, 8, 16, 8), kernel_.candidates(8, 2)[1:] if epi.hswish else kernel_.candidates(8, 2)):
+            close(run(kernel_, knobs, lanes, [x, w, b]), want)
+
+
+@pytest.mark.parametrize("c_out, size, stride, pads, affine", [
+    (32, (32, 32), 2, (0, 0, 1, 1), None), (13, (15, 17), 2, (1, 1, 1, 1), (1 / 127.5, -1.0)),
+    (8, (9, 9), 1, (1, 1, 1, 1), (2.0, 0.5)),
+])
+def test_stem_conv(rng, c_out, size, stride, pads, affine):
+    shape = spatial.SpatialShape(1, 3, *size, c_out, 3, stride, pads, depthwise=False, affine=affine)
+    x = rng.standard_normal((1, 3, *size)).astype(np.float32)
+    w = rng.standard_normal((c_out, 27)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    kernel = Kernel("conv", shape, Epilogue(True, hswish=True))
+    want = conv_ref(x, w, b, shape, kernel.epilogue)
+    for lanes, knobs in zip((8, 4), kernel.candidates(8, 2)[1:]):
+        close(run(kernel, knobs, lanes, [x, w, b]), want)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 7), (14, 14)])
+def test_pool_scale_and_transpose(rng, size):
+    x = rng.standard_normal((2, 11, *size)).astype(np.float32)
+    s = rng.standard_normal((2, 11, 1, 1)).astype(np.float32)
+    for lanes in (4, 8):
+        close(run(Kernel("pool", reduce.PoolShape(2, 11, *size)), reduce.PlaneKnobs(True), lanes, [x]),
+              x.mean(axis=(2, 3), keepdims=True))
+        close(run(Kernel("scale", reduce.ScaleShape(2, 11, *size)), reduce.PlaneKnobs(True), lanes, [x, s]), x * s)
+        nhwc = rng.standard_normal((2, *size, 3)).astype(np.float32)
+        got = run(Kernel("to_nchw", reduce.ToNchwShape(2, 3, *size)), reduce.PlaneKnobs(True), lanes, [nhwc])
+        np.testing.assert_array_equal(got, nhwc.transpose(0, 3, 1, 2))
