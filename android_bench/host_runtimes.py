@@ -52,3 +52,146 @@ def time_interleaved(runners: dict, *, warmup: int = 5, repeat: int = 30, number
                 run()
             samples[name].append((time.perf_counter() - start) / number * 1e3)
     return samples
+
+
+# --- one process per runtime ----------------------------------------------------------------------
+
+RUNTIME_KINDS = ("onnxruntime", "tflite", "tvm")
+
+
+def tvm_runner(path, x_nchw: np.ndarray):
+    """(runner, output) for a Relax library built by ``onexn-tvm`` for this machine."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    main, tensor = vm["main"], tvm.runtime.tensor(x_nchw)
+    out = main(tensor)
+    out = out[0] if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else out
+    return (lambda: main(tensor)), out.numpy()
+
+
+def make_runner(kind: str, path, x_nchw: np.ndarray, threads: int):
+    """(runner, output) for one runtime; ``x_nchw`` is transposed for TFLite."""
+    if kind == "onnxruntime":
+        return onnxruntime_runner(path, x_nchw, threads)
+    if kind == "tflite":
+        return tflite_runner(path, x_nchw.transpose(0, 2, 3, 1), threads)
+    if kind == "tvm":  # threads come from TVM_NUM_THREADS, read when its thread pool starts
+        return tvm_runner(path, x_nchw)
+    raise ValueError(f"unknown runtime kind {kind!r}: one of {RUNTIME_KINDS}")
+
+
+def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, rounds: int = 15, number: int = 5,
+                      warmup: int = 2, pause_s: float = 0.05, outputs: bool = False) -> dict:
+    """name -> per-run latencies (ms) for ``specs`` (name -> (kind, path)), each runtime family in a worker
+    process of its own, interleaved round by round.
+
+    Runtimes in one process disturb each other: a thread pool that spins after its call (onnxruntime's,
+    TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
+    with 1. Here onnxruntime, TFLite and TVM each run in their own process; in a round each process in
+    turn (the order rotating) runs ``warmup`` + ``number`` inferences of each of its models while the
+    others wait on a pipe, with a ``pause_s`` between processes for their spinning threads to park.
+    With ``outputs``, returns ``(samples, {name: output})``."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    families: dict[str, dict] = {}
+    for name, (kind, path) in specs.items():
+        families.setdefault(kind, {})[name] = str(path)
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    workers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        x_path = os.path.join(tmp, "x.npy")
+        np.save(x_path, x_nchw)
+        try:
+            for kind, models in families.items():
+                log = open(os.path.join(tmp, f"{kind}.log"), "w")  # the runtimes' own chatter, shown on failure
+                proc = subprocess.Popen([sys.executable, "-m", "android_bench.host_runtimes"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1)
+                proc.log_path = log.name
+                log.close()
+                workers[kind] = proc
+                proc.stdin.write(json.dumps({"kind": kind, "models": models, "input": x_path, "threads": threads}) + "\n")
+            for kind, proc in workers.items():
+                _reply(proc, kind)  # loaded
+            samples = {name: [] for name in specs}
+            order = list(workers)
+            for r in range(rounds):
+                for kind in order[r % len(order):] + order[:r % len(order)]:
+                    workers[kind].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
+                    for name, ms in _reply(workers[kind], kind).items():
+                        samples[name].extend(ms)
+                    time.sleep(pause_s)
+            got = {}
+            if outputs:
+                for kind, proc in workers.items():
+                    out_path = os.path.join(tmp, f"{kind}.npz")
+                    proc.stdin.write(json.dumps({"outputs": out_path}) + "\n")
+                    _reply(proc, kind)
+                    with np.load(out_path) as data:
+                        got.update({name: data[name] for name in data.files})
+        finally:
+            for proc in workers.values():
+                if proc.poll() is None:
+                    proc.stdin.close()
+                    proc.wait(timeout=30)
+    return (samples, got) if outputs else samples
+
+
+def _reply(proc, kind):
+    import json
+
+    line = proc.stdout.readline()
+    if not line:
+        with open(proc.log_path) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"the {kind} timing process ended (exit code {proc.wait()}): {tail}")
+    message = json.loads(line)
+    if "error" in message:
+        raise RuntimeError(f"the {kind} timing process failed: {message['error']}")
+    return message
+
+
+def _worker() -> None:
+    """The other end of :func:`time_in_processes`: JSON lines on stdin, JSON lines on stdout."""
+    import json
+    import sys
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # whatever the runtimes print must not reach the protocol
+    setup = json.loads(sys.stdin.readline())
+    x = np.load(setup["input"])
+    try:
+        runners, results = {}, {}
+        for name, path in setup["models"].items():
+            runners[name], results[name] = make_runner(setup["kind"], path, x, setup["threads"])
+        out.write(json.dumps({"loaded": list(runners)}) + "\n")
+    except Exception as error:  # reported to the parent, which raises it
+        out.write(json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n")
+        return
+    out.flush()
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "outputs" in command:
+            np.savez(command["outputs"], **results)
+            out.write("{}\n")
+        else:
+            times = {}
+            for name, run in runners.items():
+                for _ in range(command["warmup"]):
+                    run()
+                times[name] = []
+                for _ in range(command["number"]):
+                    start = time.perf_counter()
+                    run()
+                    times[name].append((time.perf_counter() - start) * 1e3)
+            out.write(json.dumps(times) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _worker()

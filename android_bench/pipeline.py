@@ -83,7 +83,7 @@ def compile_builds(onnx_path, out_dir, options: Options, *, classes: int | None 
         onnx.save(probe, str(probe_path))
         add(f"tvm_1x{options.n}_p{p:g}_probe", probe_path, "host", False)
     if cross:
-        add(f"arm_1x{options.n}", onnx_path, "aarch64-linux", True, tune_bsr=False)
+        add(f"arm_1x{options.n}", onnx_path, "aarch64-linux", True, tune_kernels=False)
         add("arm_dense", onnx_path, "aarch64-linux", True, dense=True)
     return builds
 

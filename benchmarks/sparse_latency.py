@@ -1,20 +1,25 @@
-"""Whole-model latency: our TVM BSR builds vs our TVM dense build vs onnxruntime vs TFLite (XNNPACK).
+"""Whole-model latency: our TVM 1×N builds vs our TVM dense build vs onnxruntime vs TFLite (XNNPACK).
 
-MobileNetV1 / V2 (alpha 1.0, 224 px, batch 1, random weights with logits outputs). Latency does not
-depend on weight values, only on which blocks are zero, so each model is exported once (ONNX NCHW +
-TFLite) and the 1×N-pruned variants are made by masking the pointwise convolutions' ONNX weights
-with our block-L1 masks (N = bsr, rate p). Every sparse build is verified against onnxruntime by
-``compile_onnx`` before it is timed.
+Models (``--models``): MobileNetV1, V2 and V3-Large (alpha 1.0, 224 px) and the demo's model (V2,
+alpha 0.35, 64 px, 4 classes); batch 1, random weights with logits outputs. Latency does not depend
+on weight values, only on which blocks are zero, so each model is exported once (ONNX NCHW + TFLite)
+and its 1×N-pruned variants are made by masking the pointwise convolutions' ONNX weights with our
+block-L1 masks (N = bsr, rate p). Every TVM build runs every operation on our kernels (the sidecar
+says so) and is verified against onnxruntime by ``compile_onnx`` before it is timed; "TVM dense" is the
+same kernels with every matrix dense (``onexn-tvm --dense``).
 
-Stages (``--stage``): ``build`` exports, tunes and compiles into ``--out`` (cached: a rerun skips
-what exists, tuning records are shared by all builds of a model); ``time`` runs, per thread count,
-one fresh process that times every runtime interleaved round by round (A B C … A B C …) so machine
-noise hits all alike; ``all`` does both. Results: ``results.csv`` (one row per model, threads,
-runtime, bsr, p), ``latency.png`` (latency vs sparsity) and a table with the ratio of each sparse
-build to the best dense runtime.
+Stages (``--stage``): ``build`` exports, tunes and compiles into ``--out`` (cached: a rerun skips what
+exists; the knob measurements of a model are shared by its builds); ``time`` measures, per thread
+count, every runtime of a model interleaved round by round, each runtime family (onnxruntime, TFLite,
+TVM) in its own process so one's spinning thread pool cannot take the cores another asks for
+(:func:`android_bench.host_runtimes.time_in_processes`); ``profile`` splits the bsr-4 builds' time
+into pointwise / depthwise / the rest / overhead with the Relax VM instrument
+(:mod:`android_bench.profile`); ``all`` does the three. Results: ``results.csv`` (one row per model,
+threads, runtime, bsr, p), ``profile.json``, ``latency.png`` and the tables printed at the end, with
+each sparse build's ratio to the best dense runtime of the same run.
 
     python benchmarks/sparse_latency.py --out bench_out                       # the full grid
-    python benchmarks/sparse_latency.py --out bench_out --models mobilenet_v1 --bsr 4 --trials 8
+    python benchmarks/sparse_latency.py --out bench_out --models mobilenet_v1 --bsr 4 --threads 1
 """
 from __future__ import annotations
 
@@ -29,174 +34,180 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = ("mobilenet_v1", "mobilenet_v2")
+MODELS = {  # name -> (architecture, alpha, input size, classes)
+    "mobilenet_v1": ("mobilenet_v1", 1.0, 224, 1000),
+    "mobilenet_v2": ("mobilenet_v2", 1.0, 224, 1000),
+    "mobilenet_v3_large": ("mobilenet_v3_large", 1.0, 224, 1000),
+    "demo": ("mobilenet_v2", 0.35, 64, 4),
+}
+GOALS = {("mobilenet_v1", 0.5): 1.6, ("mobilenet_v1", 0.7): 2.3, ("mobilenet_v1", 0.9): 3.7,
+         ("mobilenet_v2", 0.5): 1.4, ("mobilenet_v2", 0.7): 2.0, ("mobilenet_v2", 0.9): 3.0, ("demo", 0.5): 1.0}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench_out"))
-    p.add_argument("--stage", choices=("build", "time", "all"), default="all")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--bsr", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    p.add_argument("--stage", choices=("build", "time", "profile", "all"), default="all")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--bsr", nargs="+", type=int, default=[2, 4, 8])
     p.add_argument("--sparsity", nargs="+", type=float, default=[0.5, 0.7, 0.9])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per dense task")
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
-    p.add_argument("--number", type=int, default=5, help="runs per module per round")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--time-one", help=argparse.SUPPRESS)  # internal: the timing child process
+    p.add_argument("--number", type=int, default=10, help="timed runs per runtime per round")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per runtime per round")
+    p.add_argument("--profile-time", help=argparse.SUPPRESS)  # internal: the profiling child process
     return p.parse_args(argv)
 
 
 # --- build ---------------------------------------------------------------------------------------
 
-def export_model(arch: str, size: int, out: Path) -> tuple[Path, Path]:
-    """Dense ONNX (NCHW, logits) and TFLite files of a randomly initialised MobileNet."""
-    onnx_path, tflite_path = out / f"{arch}_dense.onnx", out / f"{arch}_dense.tflite"
+def export_model(name: str, out: Path) -> tuple[Path, Path]:
+    """Dense ONNX (NCHW, logits) and TFLite files of a randomly initialised model."""
+    onnx_path, tflite_path = out / f"{name}_dense.onnx", out / f"{name}_dense.tflite"
     if onnx_path.exists() and tflite_path.exists():
         return onnx_path, tflite_path
     from export import onnx_format, tflite_format
     from onexn_tf import models
     from onexn_tf._keras import keras
 
+    arch, alpha, size, classes = MODELS[name]
     keras.utils.set_random_seed(0)
-    model = models.build(arch, alpha=1.0, input_shape=(size, size, 3), classes=1000, classifier_activation=None)
+    model = models.build(arch, alpha=alpha, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
     onnx_format.write(model, onnx_path, nchw=True)
     tflite_format.write(model, tflite_path)
     return onnx_path, tflite_path
 
 
-def pruned_onnx(dense: Path, bsr: int, sparsity: float, out: Path) -> Path:
-    """The dense ONNX with every pointwise conv (except the classifier) 1×``bsr``-pruned at ``sparsity``."""
-    path = out / f"{dense.stem.replace('_dense', '')}_bsr{bsr}_p{sparsity:g}.onnx"
+def pruned_onnx(name: str, dense: Path, bsr: int, sparsity: float, out: Path) -> Path:
+    """The dense ONNX with every pointwise conv but the classifier 1×``bsr``-pruned at ``sparsity``."""
+    path = out / f"{name}_bsr{bsr}_p{sparsity:g}.onnx"
     if path.exists():
         return path
     import onnx
 
     from export.tvm import onnx_graph
 
-    model, _ = onnx_graph.block_prune_pointwise(onnx.load(str(dense)), bsr, sparsity, skip_out_channels=1000)
+    model, _ = onnx_graph.block_prune_pointwise(onnx.load(str(dense)), bsr, sparsity,
+                                                skip_out_channels=MODELS[name][3])
     onnx.save(model, str(path))
     return path
 
 
-def build_all(args):
+def _build(onnx_path, so: Path, work: Path, **options) -> dict:
     from export.tvm import compiler
 
-    manifest = {}
-    for arch in args.models:
-        out = args.out / arch
+    if so.exists():
+        return json.loads(compiler.sidecar_path(so).read_text())
+    return compiler.compile_onnx(onnx_path, so, work_dir=work, log=lambda *_: None,
+                                 options=compiler.Options(progress=False, **options))
+
+
+def build_all(args):
+    manifest_path = args.out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for name in args.models:
+        out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
-        dense_onnx, tflite = export_model(arch, args.size, out)
+        dense_onnx, tflite = export_model(name, out)
         work = out / "tvm_tuning"
-        entry = {"onnx": str(dense_onnx), "tflite": str(tflite), "sparse": []}
-        started = time.time()
-        dense_so = out / "tvm_dense.so"
-        if not dense_so.exists():
-            sidecar = compiler.compile_onnx(dense_onnx, dense_so, work_dir=work,
-                                            options=compiler.Options(dense=True, trials=args.trials))
-            print(f"{arch}: dense build, {sidecar['tuning']['metaschedule']}", flush=True)
-        entry["tvm_dense"] = str(dense_so)
-        entry["dense_tuning_seconds"] = round(time.time() - started, 1)
+        entry = {"onnx": str(dense_onnx), "tflite": str(tflite), "sparse": [], "builds": {}}
+        sidecar = _build(dense_onnx, out / "tvm_dense.so", work, dense=True)
+        entry["tvm_dense"] = str(out / "tvm_dense.so")
+        entry["builds"]["tvm_dense"] = _summary(sidecar)
+        print(f"{name}: dense build, {_describe(sidecar)}", flush=True)
         for bsr in args.bsr:
             for p in args.sparsity:
-                onnx_path = pruned_onnx(dense_onnx, bsr, p, out)
                 so = out / f"tvm_bsr{bsr}_p{p:g}.so"
-                if not so.exists():
-                    t = time.time()
-                    sidecar = compiler.compile_onnx(onnx_path, so, work_dir=work,
-                                                    options=compiler.Options(bsr=bsr, trials=args.trials))
-                    print(f"{arch} bsr={bsr} p={p}: {len(sidecar['layers'])} BSR layers, rel err "
-                          f"{sidecar['verification']['max_rel_error']:.1e}, {time.time() - t:.0f} s", flush=True)
-                entry["sparse"].append({"bsr": bsr, "sparsity": p, "onnx": str(onnx_path), "tvm": str(so)})
-        manifest[arch] = entry
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+                sidecar = _build(pruned_onnx(name, dense_onnx, bsr, p, out), so, work, bsr=bsr)
+                entry["sparse"].append({"bsr": bsr, "sparsity": p, "tvm": str(so)})
+                entry["builds"][so.stem] = _summary(sidecar)
+                print(f"{name} bsr={bsr} p={p}: {_describe(sidecar)}", flush=True)
+        manifest[name] = entry
+        manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _summary(sidecar: dict) -> dict:
+    return {"seconds": sidecar["seconds"], "leftover_ops": sidecar["leftover_ops"],
+            "max_rel_error": sidecar["verification"]["max_rel_error"], "kernels": len(sidecar["kernels"]),
+            "block_sparse_layers": len(sidecar["layers"])}
+
+
+def _describe(sidecar: dict) -> str:
+    left = sidecar["leftover_ops"] or "none"
+    return (f"{len(sidecar['kernels'])} kernels ({len(sidecar['layers'])} block-sparse), left to TVM: {left}, "
+            f"rel err {sidecar['verification']['max_rel_error']:.1e}, {sidecar['seconds']['total']:.0f} s "
+            f"({sidecar['seconds'].get('kernel_tuning', 0):.0f} s knob search)")
 
 
 # --- time ----------------------------------------------------------------------------------------
 
-def _runners(entry, threads):
-    """name -> (meta, zero-arg callable running one inference)."""
+def _input(entry) -> np.ndarray:
     import onnxruntime as ort
-    import tvm
-    from tvm import relax
-
-    from android_bench import host_runtimes
 
     inputs = ort.InferenceSession(entry["onnx"], providers=["CPUExecutionProvider"]).get_inputs()
     shape = [d if isinstance(d, int) else 1 for d in inputs[0].shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runners = {"onnxruntime": ({"runtime": "onnxruntime", "bsr": "", "sparsity": 0.0},
-                               host_runtimes.onnxruntime_runner(entry["onnx"], x, threads)[0]),
-               "tflite": ({"runtime": "tflite-xnnpack", "bsr": "", "sparsity": 0.0},
-                          host_runtimes.tflite_runner(entry["tflite"], x.transpose(0, 2, 3, 1), threads)[0])}
-
-    tx = tvm.runtime.tensor(x)
-
-    def vm_runner(path):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
-        main = vm["main"]
-        return lambda: main(tx)
-
-    runners["tvm_dense"] = ({"runtime": "tvm-dense", "bsr": "", "sparsity": 0.0}, vm_runner(entry["tvm_dense"]))
-    for s in entry["sparse"]:
-        runners[f"tvm_bsr{s['bsr']}_p{s['sparsity']}"] = (
-            {"runtime": "tvm-bsr", "bsr": s["bsr"], "sparsity": s["sparsity"]}, vm_runner(s["tvm"]))
-    return runners
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def time_one(args):
-    """Child process (TVM_NUM_THREADS set by the parent): interleaved timing of one model's runtimes."""
-    arch, threads = args.time_one.split(":")
-    threads = int(threads)
-    entry = json.loads((args.out / "manifest.json").read_text())[arch]
-    runners = _runners(entry, threads)
+def time_model(name: str, entry: dict, threads: int, args) -> list[dict]:
     from android_bench import host_runtimes
 
-    samples = host_runtimes.time_interleaved({name: run for name, (_, run) in runners.items()}, warmup=args.warmup,
-                                             repeat=args.rounds, number=args.number)
+    specs = {"onnxruntime": ("onnxruntime", entry["onnx"]), "tflite": ("tflite", entry["tflite"]),
+             "tvm_dense": ("tvm", entry["tvm_dense"])}
+    meta = {"onnxruntime": ("onnxruntime", "", 0.0), "tflite": ("tflite-xnnpack", "", 0.0),
+            "tvm_dense": ("tvm-dense", "", 0.0)}
+    for s in entry["sparse"]:
+        key = f"tvm_bsr{s['bsr']}_p{s['sparsity']:g}"
+        specs[key] = ("tvm", s["tvm"])
+        meta[key] = ("tvm-bsr", s["bsr"], s["sparsity"])
+    samples = host_runtimes.time_in_processes(specs, _input(entry), threads=threads, rounds=args.rounds,
+                                              number=args.number, warmup=args.warmup)
     rows = []
-    for name, (meta, _) in runners.items():
-        ms = np.asarray(samples[name])
-        rows.append({"model": arch, "threads": threads, **meta, "median_ms": float(np.median(ms)),
-                     "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "p5_ms": float(np.percentile(ms, 5)),
-                     "p95_ms": float(np.percentile(ms, 95))})
-    print(json.dumps(rows))
+    for key, ms in samples.items():
+        runtime, bsr, p = meta[key]
+        ms = np.asarray(ms)
+        rows.append({"model": name, "threads": threads, "runtime": runtime, "bsr": bsr, "sparsity": p,
+                     "median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
+                     "p5_ms": float(np.percentile(ms, 5)), "p95_ms": float(np.percentile(ms, 95))})
+    best = min(r["median_ms"] for r in rows if r["runtime"] in ("onnxruntime", "tflite-xnnpack"))
+    for r in rows:
+        r["x_best_dense_runtime"] = best / r["median_ms"]
+    return rows
 
 
 def time_all(args):
     manifest = json.loads((args.out / "manifest.json").read_text())
     rows = []
-    for arch in args.models:
-        if arch not in manifest:
+    for name in args.models:
+        if name not in manifest:
             continue
         for threads in args.threads:
-            env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-            cmd = [sys.executable, __file__, "--out", str(args.out), "--time-one", f"{arch}:{threads}",
-                   "--rounds", str(args.rounds), "--number", str(args.number), "--warmup", str(args.warmup)]
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            rows += json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"timed {arch} with {threads} thread(s)", flush=True)
-    for row in rows:
-        best = min(r["median_ms"] for r in rows if r["model"] == row["model"] and r["threads"] == row["threads"]
-                   and r["runtime"] != "tvm-bsr")
-        row["speedup_vs_best_dense"] = best / row["median_ms"]
+            t = time.time()
+            rows += time_model(name, manifest[name], threads, args)
+            print(f"timed {name} with {threads} thread(s) in {time.time() - t:.0f} s", flush=True)
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, args.out / "latency.png")
     print_table(rows)
+    return rows
 
 
 def print_table(rows):
-    print(f"{'model':14} {'thr':>3} {'runtime':16} {'bsr':>3} {'p':>4} {'median ms':>10} {'p5':>8} {'p95':>8} "
-          f"{'x best dense':>12}")
+    print(f"\n{'model':18} {'thr':>3} {'runtime':15} {'bsr':>3} {'p':>4} {'median ms':>9} {'p5':>7} {'p95':>7} "
+          f"{'x best dense':>12} {'goal':>5}")
     for r in rows:
-        print(f"{r['model']:14} {r['threads']:>3} {r['runtime']:16} {str(r['bsr']):>3} {r['sparsity']:>4} "
-              f"{r['median_ms']:>10.2f} {r['p5_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['speedup_vs_best_dense']:>12.2f}")
+        goal = GOALS.get((r["model"], r["sparsity"])) if r["bsr"] == 4 else None
+        print(f"{r['model']:18} {r['threads']:>3} {r['runtime']:15} {str(r['bsr']):>3} {r['sparsity']:>4} "
+              f"{r['median_ms']:>9.3f} {r['p5_ms']:>7.3f} {r['p95_ms']:>7.3f} {r['x_best_dense_runtime']:>12.2f} "
+              f"{'' if goal is None else f'{goal:.1f}':>5}")
+    by = {(r["model"], r["runtime"], r["threads"]): r["median_ms"] for r in rows if r["runtime"] != "tvm-bsr"}
+    print("\nthread scaling (1 thread / 2 threads, same run):")
+    for (model, runtime, threads), ms in by.items():
+        if threads == 2 and (model, runtime, 1) in by:
+            print(f"  {model:18} {runtime:15} {by[(model, runtime, 1)] / ms:.2f}x")
 
 
 def plot(rows, path):
@@ -206,32 +217,82 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["model"], r["threads"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (model, threads) in zip(axes[0], panels):
         mine = [r for r in rows if r["model"] == model and r["threads"] == threads]
         for bsr in sorted({r["bsr"] for r in mine if r["runtime"] == "tvm-bsr"}):
             pts = sorted((r["sparsity"], r["median_ms"]) for r in mine if r["bsr"] == bsr and r["runtime"] == "tvm-bsr")
             ax.plot(*zip(*pts), marker="o", label=f"TVM BSR 1x{bsr}")
-        for r in mine:
-            if r["runtime"] != "tvm-bsr":
-                ax.axhline(r["median_ms"], linestyle="--", linewidth=1, label=r["runtime"], color=None)
+        for r, style in zip([r for r in mine if r["runtime"] != "tvm-bsr"], ("--", "-.", ":")):
+            ax.axhline(r["median_ms"], linestyle=style, linewidth=1, color="k", label=r["runtime"])
         ax.set_title(f"{model}, {threads} thread(s)")
         ax.set_xlabel("block sparsity p")
         ax.set_ylabel("median latency (ms)")
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- profile -------------------------------------------------------------------------------------
+
+def profile_child(args):
+    """Child process (TVM_NUM_THREADS set by the parent): the VM-instrument profile of one library."""
+    from android_bench import profile
+
+    library, onnx_path = args.profile_time.split("|")
+    from export.tvm import compiler
+
+    sidecar = json.loads(compiler.sidecar_path(Path(library)).read_text())
+    result = profile.profile(library, sidecar, _input({"onnx": onnx_path}), rounds=30)
+    print(json.dumps(result))
+
+
+def profile_all(args):
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    profiles = []
+    for name in args.models:
+        entry = manifest.get(name)
+        if entry is None:
+            continue
+        targets = [("tvm-dense", 0.0, entry["tvm_dense"])] + [
+            ("tvm-bsr4", s["sparsity"], s["tvm"]) for s in entry["sparse"] if s["bsr"] == 4 and s["sparsity"] in (0.5, 0.9)]
+        for threads in args.threads:
+            for label, p, library in targets:
+                env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+                cmd = [sys.executable, __file__, "--out", str(args.out), "--profile-time", f"{library}|{entry['onnx']}"]
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result.pop("calls_ms")
+                profiles.append({"model": name, "threads": threads, "build": label, "sparsity": p, **result})
+    (args.out / "profile.json").write_text(json.dumps(profiles, indent=2))
+    print(f"\n{'model':18} {'thr':>3} {'build':9} {'p':>4} {'e2e ms':>7} {'pointwise':>10} {'depthwise':>10} "
+          f"{'rest':>7} {'overhead':>9} {'e2e/kernels':>11}")
+    for r in profiles:
+        g = r["groups_ms"]
+        rest = sum(ms for k, ms in g.items() if k not in ("pointwise", "depthwise", "vm"))
+        print(f"{r['model']:18} {r['threads']:>3} {r['build']:9} {r['sparsity']:>4} {r['end_to_end_ms']:>7.3f} "
+              f"{_share(g.get('pointwise', 0), r):>10} {_share(g.get('depthwise', 0), r):>10} {_share(rest, r):>7} "
+              f"{_share(r['overhead_ms'], r):>9} {r['end_to_end_ms'] / r['kernels_ms']:>11.3f}")
+    return profiles
+
+
+def _share(ms, r) -> str:
+    return f"{100 * ms / r['end_to_end_ms']:.0f}%"
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.time_one:
-        return time_one(args)
+    if args.profile_time:
+        return profile_child(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("build", "all"):
         build_all(args)
     if args.stage in ("time", "all"):
         time_all(args)
+    if args.stage in ("profile", "all"):
+        profile_all(args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_aarch64_build_runs_on_the_emulated_device_and_matches(pruned_mobilenet_
                                                                  tmp_path, capsys):
     path, _ = pruned_mobilenet_onnx
     arm = tmp_path / "arm.so"
-    sidecar = compiler.compile_onnx(path, arm, options=compiler.Options(target="aarch64-linux", tune_bsr=False,
+    sidecar = compiler.compile_onnx(path, arm, options=compiler.Options(target="aarch64-linux", tune_kernels=False,
                                                                         progress=False), log=lambda *_: None)
     assert sidecar["layers"]  # BSR kernels in the build
     name, shape = onnx_graph.input_shape(__import__("onnx").load(str(path)))

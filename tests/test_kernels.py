@@ -70,6 +70,8 @@ EPILOGUES = [Epilogue(True, 0.0, 6.0), Epilogue(True, residual=True), Epilogue(T
     (12, 35, 30, 2, 0.0, 4),  # p = 0, bsr 2
     (16, 100, 16, 8, 1.0, 8),  # p = 1: bias only
     (5, 3, 9, 1, 0.5, 8),  # fewer pixels than a vector
+    (24, 49, 37, 4, 0.0, 16),  # dense 7×7: also output-channel vectorised, C_out % 16 != 0
+    (16, 196, 64, 4, 0.0, 8),  # dense 14×14
 ])
 def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
     w = block_sparse(rng, c_out, c_in, bsr, p)
@@ -86,8 +88,9 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
         kernel = Kernel("pointwise", shape, epi)
         want = epilogue_ref(np.einsum("oc,nchw->nohw", w.astype(np.float64), x) + bias[:c_out, None, None] * epi.bias, epi,
                             residual if epi.residual else None)
-        chunked = [pointwise.PointwiseKnobs(3, 2, "pixels", True, 8), pointwise.PointwiseKnobs(1, 1, "pixels", True, 5)]
-        for knobs in kernel.candidates(lanes, 2)[:4] + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
+        chunked = [pointwise.PointwiseKnobs(v, g, "pixels", True, c) for v, g, c in ((3, 2, 8), (2, 1, 5), (6, 0, 3))
+                   if pointwise.chunkable(shape.pixels, lanes, v)]
+        for knobs in kernel.candidates(lanes, 2) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
             inputs = [x, residual] if epi.residual else [x]
             close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
 

@@ -59,8 +59,12 @@ def test_candidate_knobs_follow_vector_width_and_cores():
     two = Kernel("pointwise", shape).candidates(8, 2)
     assert {k.vectors for k in two} == {1, 2, 3} and all(k.parallel for k in two)
     assert not any(k.parallel for k in Kernel("pointwise", shape).candidates(8, 1))
-    one_pixel = Kernel("pointwise", pointwise.PointwiseShape(1, 64, 1, 3, 64, 4, 100)).candidates(8, 2)
-    assert {k.vectors for k in one_pixel} == {1}  # fewer pixels than a vector
+    three = pointwise.PointwiseShape(1, 64, 1, 3, 64, 4, 100)  # fewer pixels than a vector: vectors of 2 lanes
+    assert {pointwise.tiling(3, 8, k.vectors).lanes for k in Kernel("pointwise", three).candidates(8, 2)} == {2}
+    wide = Kernel("pointwise", shape).candidates(16, 1)  # AVX-512: 32 registers hold 6 vectors × 4 rows
+    assert max(k.vectors for k in wide) == 6 and all(k.layout == "pixels" for k in wide)
+    dense = Kernel("pointwise", pointwise.PointwiseShape(1, 64, 14, 14, 64, 4, 16 * 64)).candidates(16, 1)
+    assert {k.layout for k in dense} == {"pixels", "channels"}  # a dense matrix may vectorise output channels
     dw = Kernel("depthwise", spatial.SpatialShape(1, 8, 14, 14, 8, 3, 1, (1, 1, 1, 1), True)).candidates(8, 2)
     assert {k.out_block for k in dw} == {1} and len(dw) >= 4
     assert targets.resolve("aarch64-linux").vector_lanes() == 4

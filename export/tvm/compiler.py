@@ -151,7 +151,11 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
 
     t = time.time()
     entries = {}
-    if plan.ops and options.tune_kernels:
+    measurable = spec.is_host or options.rpc is not None
+    if plan.ops and options.tune_kernels and not measurable:
+        log(f"our kernels keep their default knobs: a {spec.name} build can only be measured on such a device "
+            f"(--rpc-tracker/--rpc-key or --rpc)")
+    if plan.ops and options.tune_kernels and measurable:
         cross = None if spec.is_host else fcompile
         entries = knob_search.search(plan.ops, spec, work_dir, rpc=options.rpc, cross_compiler=cross,
                                      progress=options.progress)

@@ -1,7 +1,9 @@
 """The measured knob search for our kernels: each distinct kernel (kind, shape, epilogue, target) is
 generated once per candidate of its kind's small search space, all candidates are compiled into one
 library, and each is timed with the layer's real constants (weights, block structure) on a random
-input, here or on an RPC device. The fastest candidate's knobs are cached in the work directory, so a
+input, here or on an RPC device, with the caches flushed of everything but the input before each
+run: inside a whole model a layer's input was just written by the layer before, while its weights
+and output buffer were last touched an inference ago. The fastest candidate's knobs are cached in the work directory, so a
 rerun, or another model with the same layers, measures nothing again; a stopped search resumes with
 the kernels it had not reached.
 """
@@ -20,20 +22,21 @@ from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
+VERSION = 3  # of the kernel generators and the timing method: older measurements are not reused
 
 
 def cache_key(spec: TargetSpec, op) -> str:
-    return json.dumps([spec.config, op.kernel.key()], sort_keys=True, default=str)
+    return json.dumps([VERSION, spec.config, op.kernel.key()], sort_keys=True, default=str)
 
 
 class _Timer:
     """Compiles a module of candidate kernels and times each, here or on an RPC device."""
 
-    def __init__(self, spec: TargetSpec, rpc: Rpc | None, cross_compiler, repeat: int, min_repeat_ms: int):
+    def __init__(self, spec: TargetSpec, rpc: Rpc | None, cross_compiler, repeat: int):
         import tvm
 
         self.spec, self.rpc, self.cross_compiler = spec, rpc, cross_compiler
-        self.repeat, self.min_repeat_ms = repeat, min_repeat_ms
+        self.repeat = repeat
         self.session = rpc.connect() if rpc else None
         self.device = self.session.cpu() if self.session else tvm.cpu()
         self.count = 0
@@ -52,12 +55,19 @@ class _Timer:
             self.session.upload(path)
         return self.session.load_module(name)
 
-    def time(self, lib, name: str, arrays: list[np.ndarray]) -> float:
+    def time(self, lib, names: list[str], arguments: list[list[np.ndarray]], rounds: int) -> list[float]:
+        """Median ms of each named function: ``rounds`` rounds of ``repeat`` runs of every candidate in
+        turn, so a drift of the machine's speed (frequent on shared cloud cores) hits all alike."""
         import tvm
 
-        tensors = [tvm.runtime.tensor(a, device=self.device) for a in arrays]
-        timer = lib.time_evaluator(name, self.device, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
-        return float(np.median(timer(*tensors).results)) * 1e3
+        tensors = [[tvm.runtime.tensor(a, device=self.device) for a in arrays] for arrays in arguments]
+        timers = [lib.time_evaluator(name, self.device, number=1, repeat=self.repeat,
+                                     f_preproc="cache_flush_cpu_non_first_arg") for name in names]
+        samples = [[] for _ in names]
+        for _ in range(rounds):
+            for timer, args, out in zip(timers, tensors, samples):
+                out.extend(timer(*args).results)
+        return [float(np.median(s)) * 1e3 for s in samples]
 
 
 def _arguments(op, knobs, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -66,7 +76,7 @@ def _arguments(op, knobs, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_compiler=None, repeat: int = 5,
-           min_repeat_ms: int = 10, progress: bool = True) -> dict:
+           rounds: int = 3, progress: bool = True) -> dict:
     """Cache key -> ``{"knobs", "ms", "candidates"}`` for every op of ``ops`` (measuring the missing ones)."""
     from tqdm import tqdm
 
@@ -80,7 +90,7 @@ def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_com
         if key not in cache and key not in todo:
             todo[key] = op
     if todo:
-        timer = _Timer(spec, rpc, cross_compiler, repeat, min_repeat_ms)
+        timer = _Timer(spec, rpc, cross_compiler, repeat)
         rng = np.random.default_rng(0)
         bar = tqdm(total=len(todo), unit="kernel", desc="tuning our kernels", disable=not progress)
         for key, op in todo.items():
@@ -88,7 +98,7 @@ def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_com
             names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
             lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
             inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
-            timings = [timer.time(lib, name, _arguments(op, knobs, inputs)) for name, knobs in zip(names, candidates)]
+            timings = timer.time(lib, names, [_arguments(op, knobs, inputs) for knobs in candidates], rounds)
             best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
             cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
                           "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}

@@ -1,17 +1,23 @@
 """Pointwise (1×1) convolution over NCHW: a block-sparse (BSR) or dense weight matrix times the
 ``[C_in, H·W]`` pixel matrix, the layout XNNPACK's sparse inference uses.
 
-Micro-tile: ``vectors`` vectors of pixels × the ``bsr`` output channels of one block row, held in
-registers from the bias to the fused epilogue. Per stored block (one input channel of the block row)
-the kernel loads the tile's pixels of that input channel once and reuses them for the ``bsr`` weight
-broadcasts. A block's input channel is stored pre-multiplied by H·W (``offsets``), so the inner loop
-only adds it to a base address. The last pixel tile overlaps its neighbour instead of needing a tail.
+Micro-tile: ``m`` vectors of pixels × the ``bsr`` output channels of one block row, held in registers
+from the bias to the fused epilogue (``m`` is sized to the target's register file). Per stored block
+(one input channel of the block row) the kernel loads the tile's pixels of that input channel once
+and reuses each for the ``bsr`` weight broadcasts. A block's input channel is stored pre-multiplied
+by H·W (``offsets``), so the inner loop only adds it to a base address.
 
-Loop orders (``outer``): ``pixels`` walks pixel groups outermost (a group of ``group`` tiles keeps
-its input slab ``C_in × group·tile`` in cache while every block row passes over it; large maps),
-``rows`` walks block rows outermost (a block row's weights stay in L1 while the pixels stream; small
-maps with many channels). The outer loop is the parallel one. A dense layer is the same kernel over a
-matrix whose every block is stored.
+Pixels: the ``ceil(P / V)`` vectors of a plane are cut into tiles of as equal a size as possible
+(at most two sizes, so no narrow tail tile re-reads every weight for a few pixels); when V does not
+divide P the plane's last vector is shifted back to end at the last pixel, overlapping its
+neighbour in the same tile, which computes the same values for the shared pixels.
+
+Loop orders (``outer``): ``pixels`` walks groups of ``group`` tiles outermost (a group's input slab
+``C_in × group·tile`` stays in cache while every block row passes over it; large maps), ``rows``
+walks block rows outermost (a block row's weights stay in L1 while the pixels stream; small maps
+with many channels). The outer loop is the parallel one. ``chunk`` splits the input channels so a
+chunk's slab stays in L1 (partial sums go through the output). A dense layer is the same kernel
+over a matrix whose every block is stored.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ import numpy as np
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
-from export.tvm.kernels.tir import Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func, vload, vstore
+from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
+                                    vector_registers, vload, vstore)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,41 +66,125 @@ class PointwiseShape:
 
 @dataclasses.dataclass(frozen=True)
 class PointwiseKnobs:
-    vectors: int = 2  # pixel vectors per micro-tile
+    vectors: int = 2  # pixel vectors per micro-tile (at most: tiles are balanced)
     group: int = 0  # pixel tiles per group (0: all), with outer="pixels"
     outer: str = "pixels"  # or "rows"
     parallel: bool = True
     chunk: int = 0  # input channels per reduction chunk (0: all), with outer="pixels"
+    layout: str = "pixels"  # vectors along pixels (any matrix) or "channels" (a dense matrix, small maps)
+    pixel_tile: int = 0  # layout="channels": pixels per micro-tile (each a broadcast input)
+    lanes: int = 0  # layout="channels": vector width, which the packed weights depend on
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """``vectors`` vectors of ``lanes`` pixels cover the plane (the last one shifted back to end at the
+    last pixel when ``lanes`` does not divide it), cut into ``tiles`` tiles: the first ``extra`` of
+    ``base + 1`` vectors, the rest of ``base``."""
+
+    lanes: int
+    vectors: int
+    tiles: int
+    base: int
+    extra: int
+
+    @property
+    def widest(self) -> int:
+        return self.base + (1 if self.extra else 0)
+
+
+def tiling(P: int, lanes: int, vectors: int) -> Tiling:
+    V = lanes if P >= lanes else 1 << (P.bit_length() - 1)
+    count = -(-P // V)
+    m = max(1, min(vectors, count))
+    tiles = -(-count // m)
+    base, extra = divmod(count, tiles)
+    return Tiling(V, count, tiles, base, extra)
+
+
+def rows_per_pass(bsr: int, vectors: int, lanes: int) -> int:
+    """Output rows a micro-tile accumulates at once: all ``bsr`` when ``bsr · vectors`` accumulators,
+    the ``vectors`` inputs and a broadcast fit in the register file, else as many as do."""
+    regs = vector_registers(lanes)
+    if bsr * vectors + vectors + 1 <= regs:
+        return bsr
+    return max(1, (regs - 1 - vectors) // vectors)
+
+
+def chunkable(P: int, lanes: int, vectors: int) -> bool:
+    """Whether partial sums may go through the output: not if the plane's shifted last vector overlaps
+    a vector of another tile (the shared pixels would be summed twice)."""
+    tl = tiling(P, lanes, vectors)
+    return P % tl.lanes == 0 or tl.base >= 2 or tl.tiles == 1
 
 
 def chunks(shape: PointwiseShape, knobs: PointwiseKnobs) -> int:
     return -(-shape.c_in // knobs.chunk) if knobs.chunk and knobs.outer == "pixels" else 1
 
 
+def _vector_choices(shape: PointwiseShape, lanes: int) -> list[int]:
+    """Tile widths worth timing: the widest that fits the registers with every row at once, the next
+    narrower one, and half of it (distinct tile counts only)."""
+    regs = vector_registers(lanes)
+    R = min(shape.bsr, 8)
+    widest = max(1, (regs - 1) // (R + 1))
+    out, counts = [], set()
+    for v in (widest, widest - 1, widest // 2):
+        t = tiling(shape.pixels, lanes, max(1, v))
+        if v >= 1 and t.tiles not in counts:
+            counts.add(t.tiles)
+            out.append(v)
+    return out
+
+
 def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseKnobs]:
     parallel = cores > 1
-    tiles_max = max(1, shape.pixels // lanes)
     out = []
-    for v in (1, 2, 3):
-        if v > tiles_max and v > 1:
-            continue
+    for v in _vector_choices(shape, lanes):
+        tiles = tiling(shape.pixels, lanes, v).tiles
         out.append(PointwiseKnobs(v, 0, "rows", parallel))
-        for group in (1, 4, 16):
-            if group * v * lanes < shape.pixels or group == 1:
+        for group in (1, 4, 0):
+            if group < tiles:
                 out.append(PointwiseKnobs(v, group, "pixels", parallel))
-        for chunk in (64, 128):  # a chunk's input slab (chunk × tile) stays in L1
-            if shape.c_in >= 2 * chunk and v > 1:
-                out.append(PointwiseKnobs(v, 4, "pixels", parallel, chunk))
+        if shape.c_in >= 256 and tiles > 1 and chunkable(shape.pixels, lanes, v):
+            # a chunk's input slab (chunk × tile) stays in L1
+            out.append(PointwiseKnobs(v, 4, "pixels", parallel, 128))
+    if is_dense(shape) and shape.pixels >= 2:
+        out += _channel_candidates(shape, lanes, parallel)
+    return list(dict.fromkeys(out))
+
+
+def is_dense(shape: PointwiseShape) -> bool:
+    """Every block stored: the layer may also run output-channel-vectorised (``layout="channels"``)."""
+    return shape.nnz == shape.block_rows * shape.c_in
+
+
+def _channel_candidates(shape: PointwiseShape, lanes: int, parallel: bool) -> list[PointwiseKnobs]:
+    """Output-channel vectors × pixels per tile, largest register tiles first (MLAS's 4 × 6 on AVX-512)."""
+    regs = vector_registers(lanes)
+    vectors_max = -(-shape.c_out // lanes)
+    out = []
+    for ocv in (4, 3, 2, 1):
+        if ocv > vectors_max:
+            continue
+        pt = min((regs - 1 - ocv) // ocv, 16, shape.pixels)
+        if pt >= 2:
+            out += [PointwiseKnobs(ocv, 0, outer, parallel, layout="channels", pixel_tile=pt, lanes=lanes)
+                    for outer in ("pixels", "rows")]
+        if len(out) >= 6:
+            break
     return out
 
 
 def default_knobs(shape: PointwiseShape, lanes: int, cores: int) -> PointwiseKnobs:
-    return PointwiseKnobs(2, 4, "pixels", cores > 1)
+    return PointwiseKnobs(_vector_choices(shape, lanes)[0], 4, "pixels", cores > 1)
 
 
 def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list) -> list:
     """The kernel's constant arrays for ``knobs``: with chunks, ``indptr`` becomes, per block row, the
     first block of every chunk of input channels (``[block_rows · (chunks + 1)]``)."""
+    if knobs.layout == "channels":
+        return channel_constants(shape, knobs, constants)
     n = chunks(shape, knobs)
     if n == 1:
         return constants
@@ -108,28 +199,118 @@ def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list)
     return [data, offsets, table.reshape(-1), bias]
 
 
-def tiling(P: int, lanes: int, vectors: int) -> tuple[int, int, int, int]:
-    """``(V, m, full tiles, tail vectors)``: full tiles of m vectors of V lanes from pixel 0, then one
-    narrower tail tile of just enough vectors ending at the last pixel (overlapping the tile before by
-    less than a vector)."""
-    V = lanes if P >= lanes else 1
-    m = max(1, min(vectors, P // V))
-    full = P // (m * V)
-    rest = P - full * m * V
-    return V, m, full, -(-rest // V)
+def channel_constants(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list) -> list:
+    """``[w [blocks, C_in, B], bias [blocks · B]]`` from a dense-stored BSR matrix's constants, B =
+    ``vectors · lanes`` output channels per block, zero past C_out: each block's weights one
+    contiguous stream (MLAS packs its filters so too), which the hardware prefetcher can follow."""
+    data, offsets, indptr, bias = constants
+    R, rows = shape.bsr, shape.block_rows
+    B = knobs.vectors * knobs.lanes
+    blocks = -(-shape.c_out // B)
+    full = np.zeros((shape.c_in, blocks * B), np.float32)
+    chunks_ = data.reshape(-1, R)
+    channels = offsets // shape.pixels
+    for rb in range(rows):
+        lo, hi = int(indptr[rb]), int(indptr[rb + 1])
+        full[channels[lo:hi], rb * R:rb * R + R] = chunks_[lo:hi]
+    full[:, shape.c_out:] = 0
+    b = np.zeros(blocks * B, np.float32)
+    b[:shape.c_out] = bias[:shape.c_out]
+    return [np.ascontiguousarray(full.reshape(shape.c_in, blocks, B).transpose(1, 0, 2)), b]
 
 
 def generate(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, lanes: int, name: str):
+    if knobs.layout == "channels":
+        return _generate_channels(shape, epilogue, knobs, lanes, name)
+    return _generate_pixels(shape, epilogue, knobs, lanes, name)
+
+
+def _generate_channels(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, lanes: int, name: str):
+    """``(x, [residual], w, bias, y)``, w and bias from :func:`channel_constants`: a dense 1×1
+    convolution vectorised along output channels, as MLAS and XNNPACK do for small maps, where a
+    pixel vector would be mostly waste or its input rows would stream from L2. Micro-tile:
+    ``vectors`` output-channel vectors × ``pixel_tile`` pixels; per input channel, one weight vector
+    load per channel vector and one broadcast per pixel. Outputs are stored lane by lane (NCHW puts
+    a vector's channels a plane apart); the last pixel tile shifts back to end at the last pixel."""
+    N, CI, P, CO = shape.batch, shape.c_in, shape.pixels, shape.c_out
+    V, ocv = knobs.lanes, knobs.vectors
+    OB = ocv * V
+    blocks = -(-CO // OB)
+    PT = max(1, min(knobs.pixel_tile or 6, P))
+    tiles = -(-P // PT)
+    with prim_func(name) as fn:
+        X = buffer_arg("x", shape.inputs(epilogue)[0])
+        Res = buffer_arg("residual", shape.output()) if epilogue.residual else None
+        Wt = buffer_arg("w", (blocks, CI, OB))
+        B = buffer_arg("bias", (blocks * OB,))
+        Y = buffer_arg("y", shape.output())
+        Xf, Yf, Wf = flat(X, N * CI * P), flat(Y, N * CO * P), flat(Wt, blocks * CI * OB)
+        Rf = flat(Res, N * CO * P) if Res is not None else None
+
+        def micro(n, b, t):
+            o0 = b * OB
+            p0 = t * PT if tiles * PT == P else tirx.min(t * PT, P - PT)
+            acc = T.alloc_buffer((ocv * PT * V,), "float32", scope="local")
+            for i in range(ocv):
+                init = vload(B, o0 + i * V, V) if epilogue.bias else bcast(f32(0), V)
+                for q in range(PT):
+                    vstore(acc, (i * PT + q) * V, init, V)
+            with T.serial(0, CI) as c:
+                xs = [bcast(Xf[n * (CI * P) + c * P + p0 + q], V) for q in range(PT)]
+                for i in range(ocv):
+                    w = vload(Wf, (b * CI + c) * OB + i * V, V)
+                    for q in range(PT):
+                        at = (i * PT + q) * V
+                        vstore(acc, at, vload(acc, at, V) + w * xs[q], V)
+            plain = Epilogue(False, epilogue.lower, epilogue.upper, epilogue.hswish, epilogue.hsigmoid)
+            for i in range(ocv):
+                for q in range(PT):
+                    at = (i * PT + q) * V
+                    vstore(acc, at, plain.apply(vload(acc, at, V), V), V)
+            for i in range(ocv):
+                for lane in range(V):
+                    o = o0 + i * V + lane
+
+                    def store(i=i, lane=lane, o=o):
+                        for q in range(PT):
+                            at = n * (CO * P) + o * P + p0 + q
+                            value = acc[(i * PT + q) * V + lane]
+                            if Rf is not None:
+                                value = value + Rf[at]
+                            T.buffer_store(Yf, value, [at])
+                    if blocks * OB == CO:
+                        store()
+                    else:
+                        with T.If(o < CO):
+                            with T.Then():
+                                store()
+
+        par = parallel_or_serial(knobs.parallel)
+        with T.serial(0, N) as n:
+            if knobs.outer == "rows":  # channel blocks outermost: a block's weights stay in cache
+                with par(0, blocks) as b:
+                    with T.serial(0, tiles) as t:
+                        micro(n, b, t)
+            else:  # pixel tiles outermost: a tile's inputs stay in L1 while the weights stream
+                with par(0, tiles) as t:
+                    with T.serial(0, blocks) as b:
+                        micro(n, b, t)
+    return fn.func
+
+
+def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, lanes: int, name: str):
     """``(x, [residual], data, offsets, indptr, bias, y)`` with x ``[N, C_in, H, W]`` (P = H·W), data
     ``[nnz·bsr]`` (block k's bsr weights), offsets ``[nnz]`` (input channel · P), indptr ``[block_rows + 1]``
     (with chunks: :func:`constants_for`'s table). Chunked, each chunk's partial sums go through Y."""
     N, CI, P, CO, R = shape.batch, shape.c_in, shape.pixels, shape.c_out, shape.bsr
     rows = shape.block_rows
-    V, m, full, tail = tiling(P, lanes, knobs.vectors)
-    tile = m * V
-    G = full if knobs.group <= 0 else min(knobs.group, full)
-    groups = -(-full // G)
+    tl = tiling(P, lanes, knobs.vectors)
+    V = tl.lanes
     nch = chunks(shape, knobs)
+    if nch > 1 and not chunkable(P, lanes, knobs.vectors):
+        raise ValueError(f"chunked pointwise kernel needs tiles of 2+ vectors for {P} pixels")
+    G = tl.tiles if knobs.group <= 0 else min(knobs.group, tl.tiles)
+    groups = -(-tl.tiles // G)
     with prim_func(name) as fn:
         X = buffer_arg("x", shape.inputs(epilogue)[0])
         Res = buffer_arg("residual", shape.output()) if epilogue.residual else None
@@ -141,52 +322,72 @@ def generate(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, l
         Xf, Yf = flat(X, N * CI * P), flat(Y, N * CO * P)
         Rf = flat(Res, N * CO * P) if Res is not None else None
 
-        def micro(n, rb, p0, mm, chunk=0, whole=False):
-            """``mm`` vectors of pixels from ``p0`` for block row ``rb``; ``chunk``: which input-channel
-            chunk (``whole``: all of them at once)."""
-            first, last = chunk == 0 or whole, chunk == nch - 1 or whole
-            width = mm * V
-            acc = T.alloc_buffer((R * width,), "float32", scope="local")
+        def pixel(vector):
+            """First pixel of the plane's vector number ``vector`` (the last one ends at pixel P-1)."""
+            return vector * V if P % V == 0 else tirx.min(vector * V, P - V)
 
-            def out_at(r, j):
-                return n * (CO * P) + (rb * R + r) * P + p0 + j * V
-
-            for r in range(R):
-                for j in range(mm):
-                    if first:
-                        init = bcast(B[rb * R + r], V) if epilogue.bias else bcast(f32(0), V)
-                    elif CO % R and r >= CO % R:  # rows past C_out are never stored: any value will do
-                        init = vload(Yf, tirx.min(out_at(r, j), N * CO * P - V), V)
-                    else:  # the partial sums of the chunks before
-                        init = vload(Yf, out_at(r, j), V)
-                    vstore(acc, r * width + j * V, init, V)
+        def micro(n, rb, first, mm, chunk=0):
+            """``mm`` vectors from vector ``first`` for block row ``rb``; ``chunk``: which input-channel chunk."""
+            first_chunk, last_chunk = chunk == 0, chunk == nch - 1
+            starts = [pixel(first + j) for j in range(mm)]
             if nch > 1:
-                start = IP[rb * (nch + 1) + (0 if whole else chunk)]
-                stop = IP[rb * (nch + 1) + (nch if whole else chunk + 1)]
+                start, stop = IP[rb * (nch + 1) + chunk], IP[rb * (nch + 1) + chunk + 1]
             else:
                 start, stop = IP[rb], IP[rb + 1]
-            with T.serial(start, stop) as k:
-                base = n * (CI * P) + O[k] + p0
-                xs = [vload(Xf, base + j * V, V) for j in range(mm)]
-                for r in range(R):
-                    w = bcast(D[k * R + r], V)
+            Rs = rows_per_pass(R, mm, V)
+            for r0 in range(0, R, Rs):
+                rr = list(range(r0, min(R, r0 + Rs)))
+                acc = T.alloc_buffer((len(rr) * mm * V,), "float32", scope="local")
+
+                def out_at(r, j):
+                    return n * (CO * P) + (rb * R + r) * P + starts[j]
+
+                for i, r in enumerate(rr):
                     for j in range(mm):
-                        vstore(acc, r * width + j * V, vload(acc, r * width + j * V, V) + w * xs[j], V)
-            for r in range(R):
-                def store(r=r):
-                    for j in range(mm):
-                        at = out_at(r, j)
-                        value = vload(acc, r * width + j * V, V)
-                        if last:
-                            residual = vload(Rf, at, V) if Rf is not None else None
-                            value = epilogue.apply(value, V, residual)
-                        vstore(Yf, at, value, V)
-                if CO % R and r >= CO % R:  # rows past C_out exist only in the last block row
-                    with T.If(rb * R + r < CO):
-                        with T.Then():
-                            store()
-                else:
-                    store()
+                        if first_chunk:
+                            init = bcast(B[rb * R + r], V) if epilogue.bias else bcast(f32(0), V)
+                        elif CO % R and r >= CO % R:  # rows past C_out are never stored: any value will do
+                            init = vload(Yf, tirx.min(out_at(r, j), N * CO * P - V), V)
+                        else:  # the partial sums of the chunks before
+                            init = vload(Yf, out_at(r, j), V)
+                        vstore(acc, (i * mm + j) * V, init, V)
+                with T.serial(start, stop) as k:
+                    base = n * (CI * P) + O[k]
+                    xs = [vload(Xf, base + starts[j], V) for j in range(mm)]
+                    for i, r in enumerate(rr):
+                        w = bcast(D[k * R + r], V)
+                        for j in range(mm):
+                            at = (i * mm + j) * V
+                            vstore(acc, at, vload(acc, at, V) + w * xs[j], V)
+                for i, r in enumerate(rr):
+                    def store(i=i, r=r):
+                        for j in range(mm):
+                            at = out_at(r, j)
+                            value = vload(acc, (i * mm + j) * V, V)
+                            if last_chunk:
+                                residual = vload(Rf, at, V) if Rf is not None else None
+                                value = epilogue.apply(value, V, residual)
+                            vstore(Yf, at, value, V)
+                    if CO % R and r >= CO % R:  # rows past C_out exist only in the last block row
+                        with T.If(rb * R + r < CO):
+                            with T.Then():
+                                store()
+                    else:
+                        store()
+
+        def tile(n, rb, t, chunk=0):
+            """Tile ``t``: ``base + 1`` vectors for the first ``extra`` tiles, ``base`` after."""
+            first = t * tl.base + (tirx.min(t, tl.extra) if tl.extra else 0)
+            if not tl.extra:
+                micro(n, rb, first, tl.base, chunk)
+            elif tl.extra == tl.tiles:
+                micro(n, rb, first, tl.base + 1, chunk)
+            else:
+                with T.If(t < tl.extra):
+                    with T.Then():
+                        micro(n, rb, first, tl.base + 1, chunk)
+                    with T.Else():
+                        micro(n, rb, first, tl.base, chunk)
 
         outer = parallel_or_serial(knobs.parallel)
         with T.serial(0, N) as n:
@@ -195,19 +396,14 @@ def generate(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, l
                     for chunk in range(nch):
                         with T.serial(0, rows) as rb:
                             with T.serial(0, G) as tt:
-                                if groups * G != full:
-                                    with T.If(g * G + tt < full):
+                                if groups * G != tl.tiles:
+                                    with T.If(g * G + tt < tl.tiles):
                                         with T.Then():
-                                            micro(n, rb, (g * G + tt) * tile, m, chunk)
+                                            tile(n, rb, g * G + tt, chunk)
                                 else:
-                                    micro(n, rb, (g * G + tt) * tile, m, chunk)
+                                    tile(n, rb, g * G + tt, chunk)
             else:
                 with outer(0, rows) as rb:
-                    with T.serial(0, full) as t:
-                        micro(n, rb, t * tile, m, whole=True)
-            if tail:
-                # after every full tile: all chunks at once from the bias, so the pixels it shares with
-                # the last full tile are written again with their final value, never summed twice
-                with outer(0, rows) as rb:
-                    micro(n, rb, P - tail * V, tail, whole=True)
+                    with T.serial(0, tl.tiles) as t:
+                        tile(n, rb, t)
     return fn.func

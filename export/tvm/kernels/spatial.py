@@ -84,6 +84,15 @@ def default_knobs(shape: SpatialShape, lanes: int, cores: int) -> SpatialKnobs:
     return SpatialKnobs(1, 1, 1 if shape.depthwise else 8, cores > 1)
 
 
+def row_lanes(interior: int, lanes: int) -> int:
+    """Vector width for rows of ``interior`` border-free output columns: the target's, halved (down to
+    2) while a row is narrower, so 7×7 and 14×14 maps are vectorised too (AVX-512 rows of 16)."""
+    V = lanes
+    while V > 2 and interior < V:
+        V //= 2
+    return V
+
+
 def _valid(o: int, stride: int, pad: int, k: int, size: int) -> list[int]:
     return [t for t in range(k) if 0 <= o * stride - pad + t <= size - 1]
 
@@ -96,12 +105,12 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
     OH, OW = shape.out_height, shape.out_width
     if not supported(K, S) or (shape.depthwise and CI != CO):
         raise ValueError(f"unsupported spatial convolution {shape}")
-    V = lanes
     L = -(-pl // S)  # interior columns [L, RE): every tap inside the row
     RE = max(L, (W - K + pl) // S + 1)
     TL = -(-pt // S)  # interior rows [TL, BR)
     BR = max(TL, (H - K + pt) // S + 1)
     NI = RE - L
+    V = row_lanes(NI, lanes)
     m = max(0, min(knobs.vectors, NI // V))
     tile = m * V
     OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
@@ -153,24 +162,62 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
                         return {kx: prologue(v, V) for kx, v in out.items()}
 
                     def emit_vector_rows(rows, kys):
+                        """Dense (the stem): ``len(rows)`` output rows × ``m`` vectors at once: each input row a tile needs is
+                        loaded once per input channel (its K taps kept in registers) and feeds every
+                        output row and channel that uses it; statements in that order keep LLVM's
+                        register pressure at the accumulators plus K taps."""
+                        count = -(-NI // tile)
+                        R_ = len(rows)
+                        top = rows[0] * S - pt  # input row of output row rows[0], tap 0
+                        with T.serial(0, count) as t:
+                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
+                            acc = T.alloc_buffer((outs * R_ * m * V,), "float32", scope="local")
+                            taps = T.alloc_buffer((K * V,), "float32", scope="local")
+
+                            def slot(o, r, j):
+                                return ((o * R_ + r) * m + j) * V
+                            for o in range(outs):
+                                for r in range(R_):
+                                    for j in range(m):
+                                        vstore(acc, slot(o, r, j), bias(o, V), V)
+                            for ci_index, ci in enumerate(cins):
+                                for rel in range((R_ - 1) * S + K):
+                                    users = [(r, rel - r * S) for r in range(R_) if rel - r * S in kys]
+                                    if not users:
+                                        continue
+                                    for j in range(m):
+                                        for kx, value in vector_taps(ci, top + rel, x0 + j * V).items():
+                                            vstore(taps, kx * V, value, V)
+                                        for r, ky in users:
+                                            for kx in range(K):
+                                                tap = vload(taps, kx * V, V)
+                                                for o in range(outs):
+                                                    w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, V)
+                                                    at = slot(o, r, j)
+                                                    vstore(acc, at, vload(acc, at, V) + w * tap, V)
+                            for o in range(outs):
+                                for r, oy in enumerate(rows):
+                                    for j in range(m):
+                                        at = (n * CO + co0 + o) * (OH * OW) + oy * OW + x0 + j * V
+                                        vstore(Yf, at, epilogue.apply(vload(acc, slot(o, r, j), V), V), V)
+
+                    def emit_vector_taps_expr(rows, kys):
+                        """Depthwise (one output channel): each accumulator one expression over its taps,
+                        which LLVM schedules better than explicit accumulator stores on narrow rows."""
                         count = -(-NI // tile)
                         with T.serial(0, count) as t:
                             x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
                             for j in range(m):
                                 xj = x0 + j * V
-                                accs = {(o, oy): bias(o, V) for o in range(outs) for oy in range(len(rows))}
-                                for ci_index, ci in enumerate(cins):
-                                    for r, oy in enumerate(rows):
-                                        for ky in kys:
-                                            inputs = vector_taps(ci, oy * S - pt + ky, xj)
-                                            for kx in range(K):
-                                                for o in range(outs):
-                                                    w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, V)
-                                                    accs[(o, r)] = accs[(o, r)] + w * inputs[kx]
-                                for o in range(outs):
-                                    for r, oy in enumerate(rows):
-                                        at = (n * CO + co0 + o) * (OH * OW) + oy * OW + xj
-                                        vstore(Yf, at, epilogue.apply(accs[(o, r)], V), V)
+                                accs = {r: bias(0, V) for r in range(len(rows))}
+                                for r, oy in enumerate(rows):
+                                    for ky in kys:
+                                        inputs = vector_taps(g, oy * S - pt + ky, xj)
+                                        for kx in range(K):
+                                            accs[r] = accs[r] + weight(0, 0, ky, kx, V) * inputs[kx]
+                                for r, oy in enumerate(rows):
+                                    at = (n * CO + co0) * (OH * OW) + oy * OW + xj
+                                    vstore(Yf, at, epilogue.apply(accs[r], V), V)
 
                     def emit_scalar(oy, ox, kys, kxs):
                         for o in range(outs):
@@ -194,7 +241,7 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
 
                     def emit_rows(rows, kys):
                         if m:
-                            emit_vector_rows(rows, kys)
+                            (emit_vector_taps_expr if shape.depthwise else emit_vector_rows)(rows, kys)
                             for ox in list(range(0, L)) + list(range(RE, OW)):
                                 for oy in rows:
                                     emit_scalar(oy, ox, kys, _valid(ox, S, pl, K, W))

@@ -124,3 +124,8 @@ def flat(buf, size: int):
 
 def parallel_or_serial(parallel: bool):
     return T.parallel if parallel else T.serial
+
+
+def vector_registers(lanes: int) -> int:
+    """Vector registers of a target by its fp32 lanes: AVX-512 32, AVX2 16, NEON (4 lanes) 32."""
+    return 16 if lanes == 8 else 32

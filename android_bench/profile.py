@@ -1,0 +1,83 @@
+"""Where a build's time goes: each call of a Relax VM run timed in place, against the end-to-end time.
+
+TVM 0.27's Relax VM has no profiler, so this sets a VM instrument (a callback before and after every
+call instruction) and timestamps both sides. Each duration then holds the kernel plus the callback's
+own cost; that floor is measured on the VM's trivial built-ins (``vm.builtin.*`` calls that do next
+to nothing) and subtracted. The end-to-end time comes from runs without the instrument, interleaved
+with the instrumented ones, so ``overhead = end_to_end − Σ kernels`` is what the VM, allocation and
+thread-pool wake-ups cost beyond our kernels. In-process only: an instrument cannot cross RPC.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+
+VM_CALLS = "vm"  # the group of the VM's own built-ins (allocation, shape checks, …)
+_TRIVIAL = ("vm.builtin.null_value", "vm.builtin.check_tensor_info", "vm.builtin.match_shape")
+
+
+def role_groups(sidecar: dict) -> dict:
+    """Kernel name -> group (pointwise, depthwise, stem, pool, classifier, scale, …) from a build's sidecar."""
+    names = {"pointwise_dense": "pointwise", "conv": "stem", "gemv": "classifier", "gemv_dense": "classifier",
+             "to_nchw": "rest", "view": "rest", "pool": "rest", "scale": "rest"}
+    return {k["name"]: names.get(k["role"], k["role"]) for k in sidecar.get("kernels", [])}
+
+
+def profile(library, sidecar: dict, x: np.ndarray, *, rounds: int = 20, warmup: int = 5) -> dict:
+    """``{"end_to_end_ms", "kernels_ms", "overhead_ms", "groups_ms": {group: ms}, "calls_ms": {name: ms},
+    "instrument_floor_ms"}``, medians over ``rounds`` (each group: the median round's sum)."""
+    import tvm
+    from tvm import relax
+
+    lib = tvm.runtime.load_module(str(library))
+    plain = relax.VirtualMachine(lib, tvm.cpu())
+    traced = relax.VirtualMachine(lib, tvm.cpu())
+    tensor = tvm.runtime.tensor(x)
+    durations: dict = collections.defaultdict(float)
+    counts: dict = collections.Counter()
+    started: dict = {}
+    clock = time.perf_counter
+
+    def instrument(func, symbol, before, ret, *args):
+        if before:
+            started[symbol] = clock()
+        else:
+            durations[symbol] += clock() - started.pop(symbol)
+            counts[symbol] += 1
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    traced.set_instrument(tvm.runtime.convert(instrument))
+    run_plain, run_traced = plain["main"], traced["main"]
+    for _ in range(warmup):
+        run_plain(tensor)
+        run_traced(tensor)
+    end_to_end, per_round = [], []
+    for _ in range(rounds):
+        start = clock()
+        run_plain(tensor)
+        end_to_end.append(clock() - start)
+        durations.clear()
+        counts.clear()
+        run_traced(tensor)
+        per_round.append((dict(durations), dict(counts)))
+    floors = [d[s] / c[s] for d, c in per_round for s in _TRIVIAL if c.get(s)]
+    floor = float(np.median(floors)) if floors else 0.0
+    groups = role_groups(sidecar)
+    calls: dict = collections.defaultdict(list)
+    grouped: dict = collections.defaultdict(list)
+    for d, c in per_round:
+        sums: dict = collections.defaultdict(float)
+        for symbol, seconds in d.items():
+            ms = max(0.0, seconds - floor * c[symbol]) * 1e3
+            calls[symbol].append(ms)
+            sums[groups.get(symbol, VM_CALLS if symbol.startswith("vm.") else "rest")] += ms
+        for group, ms in sums.items():
+            grouped[group].append(ms)
+    groups_ms = {g: float(np.median(v)) for g, v in grouped.items()}
+    kernels_ms = sum(ms for g, ms in groups_ms.items() if g != VM_CALLS)
+    e2e = float(np.median(end_to_end)) * 1e3
+    return {"end_to_end_ms": e2e, "kernels_ms": kernels_ms, "overhead_ms": e2e - kernels_ms,
+            "groups_ms": groups_ms, "calls_ms": {s: float(np.median(v)) for s, v in calls.items()},
+            "instrument_floor_ms": floor * 1e3}
