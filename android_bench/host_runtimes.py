@@ -84,23 +84,20 @@ def make_runner(kind: str, path, x_nchw: np.ndarray, threads: int):
 
 def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, rounds: int = 15, number: int = 5,
                       warmup: int = 2, pause_s: float = 0.05, outputs: bool = False) -> dict:
-    """name -> per-run latencies (ms) for ``specs`` (name -> (kind, path)), each runtime family in a worker
-    process of its own, interleaved round by round.
+    """name -> per-run latencies (ms) for ``specs`` (name -> (kind, path)), each model in a worker process
+    of its own, interleaved round by round.
 
     Runtimes in one process disturb each other: a thread pool that spins after its call (onnxruntime's,
     TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
-    with 1. Here onnxruntime, TFLite and TVM each run in their own process; in a round each process in
-    turn (the order rotating) runs ``warmup`` + ``number`` inferences of each of its models while the
-    others wait on a pipe, with a ``pause_s`` between processes for their spinning threads to park.
-    With ``outputs``, returns ``(samples, {name: output})``."""
+    with 1; and models sharing a process share its allocator and caches unevenly. Here every model
+    runs in its own process; in a round each process in turn (the order rotating) runs ``warmup`` +
+    ``number`` inferences while the others wait on a pipe, with a ``pause_s`` between processes for
+    their spinning threads to park. With ``outputs``, returns ``(samples, {name: output})``."""
     import json
     import subprocess
     import sys
     import tempfile
 
-    families: dict[str, dict] = {}
-    for name, (kind, path) in specs.items():
-        families.setdefault(kind, {})[name] = str(path)
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     workers = {}
@@ -108,30 +105,30 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
         x_path = os.path.join(tmp, "x.npy")
         np.save(x_path, x_nchw)
         try:
-            for kind, models in families.items():
-                log = open(os.path.join(tmp, f"{kind}.log"), "w")  # the runtimes' own chatter, shown on failure
+            for index, (name, (kind, path)) in enumerate(specs.items()):
+                log = open(os.path.join(tmp, f"{index}.log"), "w")  # the runtimes' own chatter, shown on failure
                 proc = subprocess.Popen([sys.executable, "-m", "android_bench.host_runtimes"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1)
                 proc.log_path = log.name
                 log.close()
-                workers[kind] = proc
-                proc.stdin.write(json.dumps({"kind": kind, "models": models, "input": x_path, "threads": threads}) + "\n")
-            for kind, proc in workers.items():
-                _reply(proc, kind)  # loaded
+                workers[name] = proc
+                proc.stdin.write(json.dumps({"kind": kind, "models": {name: str(path)}, "input": x_path,
+                                             "threads": threads}) + "\n")
+            for name, proc in workers.items():
+                _reply(proc, name)  # loaded
             samples = {name: [] for name in specs}
             order = list(workers)
             for r in range(rounds):
-                for kind in order[r % len(order):] + order[:r % len(order)]:
-                    workers[kind].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
-                    for name, ms in _reply(workers[kind], kind).items():
-                        samples[name].extend(ms)
+                for name in order[r % len(order):] + order[:r % len(order)]:
+                    workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
+                    samples[name].extend(_reply(workers[name], name)[name])
                     time.sleep(pause_s)
             got = {}
             if outputs:
-                for kind, proc in workers.items():
-                    out_path = os.path.join(tmp, f"{kind}.npz")
+                for index, (name, proc) in enumerate(workers.items()):
+                    out_path = os.path.join(tmp, f"{index}.npz")
                     proc.stdin.write(json.dumps({"outputs": out_path}) + "\n")
-                    _reply(proc, kind)
+                    _reply(proc, name)
                     with np.load(out_path) as data:
                         got.update({name: data[name] for name in data.files})
         finally:
@@ -142,17 +139,17 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     return (samples, got) if outputs else samples
 
 
-def _reply(proc, kind):
+def _reply(proc, name):
     import json
 
     line = proc.stdout.readline()
     if not line:
         with open(proc.log_path) as f:
             tail = f.read()[-2000:]
-        raise RuntimeError(f"the {kind} timing process ended (exit code {proc.wait()}): {tail}")
+        raise RuntimeError(f"the timing process of {name} ended (exit code {proc.wait()}): {tail}")
     message = json.loads(line)
     if "error" in message:
-        raise RuntimeError(f"the {kind} timing process failed: {message['error']}")
+        raise RuntimeError(f"the timing process of {name} failed: {message['error']}")
     return message
 
 

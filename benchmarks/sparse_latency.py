@@ -6,7 +6,8 @@ on weight values, only on which blocks are zero, so each model is exported once 
 and its 1×N-pruned variants are made by masking the pointwise convolutions' ONNX weights with our
 block-L1 masks (N = bsr, rate p). Every TVM build runs every operation on our kernels (the sidecar
 says so) and is verified against onnxruntime by ``compile_onnx`` before it is timed; "TVM dense" is the
-same kernels with every matrix dense (``onexn-tvm --dense``).
+same kernels with every matrix dense (``onexn-tvm --dense``). Each thread count gets its own builds,
+tuned with that many threads (``--num-cores``), as a deployment would.
 
 Stages (``--stage``): ``build`` exports, tunes and compiles into ``--out`` (cached: a rerun skips what
 exists; the knob measurements of a model are shared by its builds); ``time`` measures, per thread
@@ -103,6 +104,8 @@ def _build(onnx_path, so: Path, work: Path, **options) -> dict:
 
 
 def build_all(args):
+    """Per model and thread count, the dense build and every (bsr, p) build, tuned for that many cores
+    (a build's knobs are measured with the threads it will run with)."""
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for name in args.models:
@@ -110,18 +113,26 @@ def build_all(args):
         out.mkdir(parents=True, exist_ok=True)
         dense_onnx, tflite = export_model(name, out)
         work = out / "tvm_tuning"
-        entry = {"onnx": str(dense_onnx), "tflite": str(tflite), "sparse": [], "builds": {}}
-        sidecar = _build(dense_onnx, out / "tvm_dense.so", work, dense=True)
-        entry["tvm_dense"] = str(out / "tvm_dense.so")
-        entry["builds"]["tvm_dense"] = _summary(sidecar)
-        print(f"{name}: dense build, {_describe(sidecar)}", flush=True)
-        for bsr in args.bsr:
-            for p in args.sparsity:
-                so = out / f"tvm_bsr{bsr}_p{p:g}.so"
-                sidecar = _build(pruned_onnx(name, dense_onnx, bsr, p, out), so, work, bsr=bsr)
-                entry["sparse"].append({"bsr": bsr, "sparsity": p, "tvm": str(so)})
-                entry["builds"][so.stem] = _summary(sidecar)
-                print(f"{name} bsr={bsr} p={p}: {_describe(sidecar)}", flush=True)
+        entry = manifest.get(name, {})
+        entry.update({"onnx": str(dense_onnx), "tflite": str(tflite)})
+        for threads in args.threads:
+            t_out = out / f"threads{threads}"
+            t_out.mkdir(exist_ok=True)
+            builds = {"sparse": [], "summaries": {}}
+            started = time.time()
+            sidecar = _build(dense_onnx, t_out / "tvm_dense.so", work, dense=True, num_cores=threads)
+            builds["tvm_dense"] = str(t_out / "tvm_dense.so")
+            builds["summaries"]["tvm_dense"] = _summary(sidecar)
+            print(f"{name} ({threads} thread(s)): dense build, {_describe(sidecar)}", flush=True)
+            for bsr in args.bsr:
+                for p in args.sparsity:
+                    so = t_out / f"tvm_bsr{bsr}_p{p:g}.so"
+                    sidecar = _build(pruned_onnx(name, dense_onnx, bsr, p, out), so, work, bsr=bsr, num_cores=threads)
+                    builds["sparse"].append({"bsr": bsr, "sparsity": p, "tvm": str(so)})
+                    builds["summaries"][so.stem] = _summary(sidecar)
+                    print(f"{name} ({threads} thread(s)) bsr={bsr} p={p}: {_describe(sidecar)}", flush=True)
+            builds["seconds"] = round(time.time() - started, 1)
+            entry.setdefault("threads", {})[str(threads)] = builds
         manifest[name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -153,11 +164,12 @@ def _input(entry) -> np.ndarray:
 def time_model(name: str, entry: dict, threads: int, args) -> list[dict]:
     from android_bench import host_runtimes
 
+    builds = entry["threads"][str(threads)]
     specs = {"onnxruntime": ("onnxruntime", entry["onnx"]), "tflite": ("tflite", entry["tflite"]),
-             "tvm_dense": ("tvm", entry["tvm_dense"])}
+             "tvm_dense": ("tvm", builds["tvm_dense"])}
     meta = {"onnxruntime": ("onnxruntime", "", 0.0), "tflite": ("tflite-xnnpack", "", 0.0),
             "tvm_dense": ("tvm-dense", "", 0.0)}
-    for s in entry["sparse"]:
+    for s in builds["sparse"]:
         key = f"tvm_bsr{s['bsr']}_p{s['sparsity']:g}"
         specs[key] = ("tvm", s["tvm"])
         meta[key] = ("tvm-bsr", s["bsr"], s["sparsity"])
@@ -183,6 +195,8 @@ def time_all(args):
         if name not in manifest:
             continue
         for threads in args.threads:
+            if str(threads) not in manifest[name].get("threads", {}):
+                continue
             t = time.time()
             rows += time_model(name, manifest[name], threads, args)
             print(f"timed {name} with {threads} thread(s) in {time.time() - t:.0f} s", flush=True)
@@ -256,9 +270,13 @@ def profile_all(args):
         entry = manifest.get(name)
         if entry is None:
             continue
-        targets = [("tvm-dense", 0.0, entry["tvm_dense"])] + [
-            ("tvm-bsr4", s["sparsity"], s["tvm"]) for s in entry["sparse"] if s["bsr"] == 4 and s["sparsity"] in (0.5, 0.9)]
         for threads in args.threads:
+            builds = entry.get("threads", {}).get(str(threads))
+            if builds is None:
+                continue
+            targets = [("tvm-dense", 0.0, builds["tvm_dense"])] + [
+                ("tvm-bsr4", s["sparsity"], s["tvm"]) for s in builds["sparse"]
+                if s["bsr"] == 4 and s["sparsity"] in (0.5, 0.9)]
             for label, p, library in targets:
                 env = dict(os.environ, TVM_NUM_THREADS=str(threads))
                 cmd = [sys.executable, __file__, "--out", str(args.out), "--profile-time", f"{library}|{entry['onnx']}"]

@@ -40,6 +40,14 @@ class _Timer:
         self.session = rpc.connect() if rpc else None
         self.device = self.session.cpu() if self.session else tvm.cpu()
         self.count = 0
+        # measure with the threads the build is for (the target's num-cores), not whatever the pool has
+        get = self.session.get_function if self.session else tvm.get_global_func
+        self._config, self._threads = get("runtime.config_threadpool"), int(get("runtime.NumThreads")())
+        self._config(1, int(spec.config["num-cores"]))  # affinity 1: the big cores
+
+    def close(self) -> None:
+        """The thread pool back to its size before (this process may run models next)."""
+        self._config(1, self._threads)
 
     def load(self, funcs: dict):
         import tvm
@@ -91,21 +99,28 @@ def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_com
             todo[key] = op
     if todo:
         timer = _Timer(spec, rpc, cross_compiler, repeat)
-        rng = np.random.default_rng(0)
         bar = tqdm(total=len(todo), unit="kernel", desc="tuning our kernels", disable=not progress)
-        for key, op in todo.items():
-            candidates = op.kernel.candidates(lanes, cores)
-            names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
-            lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
-            inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
-            timings = timer.time(lib, names, [_arguments(op, knobs, inputs) for knobs in candidates], rounds)
-            best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
-            cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
-                          "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
-            files.write_json(path, cache)  # after every kernel: a stopped search resumes here
-            bar.update(1)
-        bar.close()
+        try:
+            _measure(todo, timer, cache, path, lanes, cores, rounds, bar)
+        finally:
+            timer.close()
+            bar.close()
     return {cache_key(spec, op): cache[cache_key(spec, op)] for op in ops}
+
+
+def _measure(todo: dict, timer: _Timer, cache: dict, path: Path, lanes: int, cores: int, rounds: int, bar) -> None:
+    rng = np.random.default_rng(0)
+    for key, op in todo.items():
+        candidates = op.kernel.candidates(lanes, cores)
+        names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
+        lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
+        inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
+        timings = timer.time(lib, names, [_arguments(op, knobs, inputs) for knobs in candidates], rounds)
+        best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
+        cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
+                      "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
+        files.write_json(path, cache)  # after every kernel: a stopped search resumes here
+        bar.update(1)
 
 
 def knobs_from(entries: dict, spec: TargetSpec):

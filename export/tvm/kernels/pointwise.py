@@ -28,7 +28,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
-                                    vector_registers, vload, vstore)
+                                    vector_registers, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
             out.append(PointwiseKnobs(v, 4, "pixels", parallel, 128))
     if is_dense(shape) and shape.pixels >= 2:
         out += _channel_candidates(shape, lanes, parallel)
-    return list(dict.fromkeys(out))
+    return with_serial(out, shape.macs(), cores)
 
 
 def is_dense(shape: PointwiseShape) -> bool:

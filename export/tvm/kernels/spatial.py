@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
-                                    shuffle_even, shuffle_odd, vload, vstore)
+                                    shuffle_even, shuffle_odd, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,7 @@ class SpatialKnobs:
     rows: int = 1  # output rows computed together
     out_block: int = 4  # dense: output channels sharing each input load (depthwise: 1)
     parallel: bool = True
+    tap_loop: bool = False  # dense, rows=1: a runtime loop over (input channel, kernel row)
 
 
 def supported(kernel: int, stride: int) -> bool:
@@ -76,8 +77,11 @@ def supported(kernel: int, stride: int) -> bool:
 def candidates(shape: SpatialShape, lanes: int, cores: int) -> list[SpatialKnobs]:
     parallel = cores > 1
     if shape.depthwise:
-        return [SpatialKnobs(v, r, 1, parallel) for v, r in ((1, 1), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4))]
-    return [SpatialKnobs(v, r, b, parallel) for v, r, b in ((1, 1, 8), (2, 1, 4), (1, 2, 4), (2, 1, 8), (1, 1, 16))]
+        knobs = [SpatialKnobs(v, r, 1, parallel) for v, r in ((1, 1), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4))]
+    else:
+        knobs = [SpatialKnobs(v, r, b, parallel) for v, r, b in ((1, 1, 8), (2, 1, 4), (2, 1, 8), (1, 1, 16))]
+        knobs += [SpatialKnobs(v, 1, b, parallel, tap_loop=True) for v, b in ((2, 8), (2, 12), (1, 16), (3, 8), (4, 4))]
+    return with_serial(knobs, shape.macs(), cores)
 
 
 def default_knobs(shape: SpatialShape, lanes: int, cores: int) -> SpatialKnobs:
@@ -161,6 +165,32 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
                                 out[kx] = shuffle_even(*pair(kx), V)
                         return {kx: prologue(v, V) for kx, v in out.items()}
 
+                    def emit_vector_row_tap_loop(oy):
+                        """Dense (the stem), one interior output row: a runtime loop over (input channel,
+                        kernel row), the K column taps unrolled. Each weight is loaded inside that loop
+                        (so LLVM cannot hoist all C_in·K·K·out_block of them and spill them to the stack)
+                        and feeds ``m`` FMAs; the accumulators and the m·K taps fit the registers."""
+                        count = -(-NI // tile)
+                        with T.serial(0, count) as t:
+                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
+                            acc = T.alloc_buffer((outs * m * V,), "float32", scope="local")
+                            for o in range(outs):
+                                for j in range(m):
+                                    vstore(acc, (o * m + j) * V, bias(o, V), V)
+                            with T.serial(0, CI * K) as cik:
+                                ci, ky = cik // K, cik % K
+                                inputs = [vector_taps(ci, oy * S - pt + ky, x0 + j * V) for j in range(m)]
+                                for o in range(outs):
+                                    for kx in range(K):
+                                        w = bcast(Wf[(co0 + o) * taps + cik * K + kx], V)
+                                        for j in range(m):
+                                            at = (o * m + j) * V
+                                            vstore(acc, at, vload(acc, at, V) + w * inputs[j][kx], V)
+                            for o in range(outs):
+                                for j in range(m):
+                                    at = (n * CO + co0 + o) * (OH * OW) + oy * OW + x0 + j * V
+                                    vstore(Yf, at, epilogue.apply(vload(acc, (o * m + j) * V, V), V), V)
+
                     def emit_vector_rows(rows, kys):
                         """Dense (the stem): ``len(rows)`` output rows × ``m`` vectors at once: each input row a tile needs is
                         loaded once per input channel (its K taps kept in registers) and feeds every
@@ -241,7 +271,12 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
 
                     def emit_rows(rows, kys):
                         if m:
-                            (emit_vector_taps_expr if shape.depthwise else emit_vector_rows)(rows, kys)
+                            if shape.depthwise:
+                                emit_vector_taps_expr(rows, kys)
+                            elif len(rows) == 1 and len(kys) == K and knobs.tap_loop:
+                                emit_vector_row_tap_loop(rows[0])
+                            else:
+                                emit_vector_rows(rows, kys)
                             for ox in list(range(0, L)) + list(range(RE, OW)):
                                 for oy in rows:
                                     emit_scalar(oy, ox, kys, _valid(ox, S, pl, K, W))

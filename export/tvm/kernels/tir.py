@@ -129,3 +129,13 @@ def parallel_or_serial(parallel: bool):
 def vector_registers(lanes: int) -> int:
     """Vector registers of a target by its fp32 lanes: AVX-512 32, AVX2 16, NEON (4 lanes) 32."""
     return 16 if lanes == 8 else 32
+
+
+SMALL_WORK = 1 << 17  # multiply-adds under which one thread may beat a parallel launch and its join
+
+
+def with_serial(knobs: list, macs: int, cores: int) -> list:
+    """``knobs`` plus, for a small kernel on several cores, each of them without the parallel loop."""
+    if cores > 1 and macs < SMALL_WORK:
+        knobs = knobs + [dataclasses.replace(k, parallel=False) for k in knobs]
+    return list(dict.fromkeys(knobs))
