@@ -181,3 +181,35 @@ def test_pool_scale_and_transpose(rng, size):
         nhwc = rng.standard_normal((2, *size, 3)).astype(np.float32)
         got = run(Kernel("to_nchw", reduce.ToNchwShape(2, 3, *size)), reduce.PlaneKnobs(True), lanes, [nhwc])
         np.testing.assert_array_equal(got, nhwc.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("c_in, size, c, bsr, p, kernel, stride, pads, lanes", [
+    (8, (15, 15), 13, 4, 0.5, 3, 2, (1, 1, 1, 1), 8),  # odd map, stride 2, partial block row
+    (8, (14, 14), 16, 4, 0.0, 3, 1, (1, 1, 1, 1), 16),  # dense pointwise
+    (5, (20, 17), 9, 4, 1.0, 5, 1, (2, 2, 2, 2), 4),  # 5×5, p = 1: the depthwise sees bias-only planes
+    (6, (16, 16), 8, 2, 0.7, 3, 2, (0, 0, 1, 1), 16),  # Keras' asymmetric stride-2 padding
+])
+def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, pads, lanes):
+    """The fused pair equals pointwise → depthwise in numpy for every band size it offers (first,
+    middle and last bands, windows clamped at both image edges)."""
+    from export.tvm.kernels import fused
+
+    w = block_sparse(rng, c, c_in, bsr, p)
+    m = bsr_format.to_bsr(w, bsr)
+    pw = pointwise.PointwiseShape(1, c_in, *size, c, bsr, m.nnz)
+    dw = spatial.SpatialShape(1, c, *size, c, kernel, stride, pads, depthwise=True)
+    pw_epi, dw_epi = Epilogue(True, hswish=True), Epilogue(True, 0.0, 6.0)
+    shape = fused.FusedShape(pw, pw_epi, dw)
+    x = rng.standard_normal((1, c_in, *size)).astype(np.float32)
+    pw_bias = np.zeros(pw.block_rows * bsr, np.float32)
+    pw_bias[:c] = rng.standard_normal(c)
+    wd = rng.standard_normal((c, kernel * kernel)).astype(np.float32)
+    bd = rng.standard_normal(c).astype(np.float32)
+    consts = [m.data.reshape(-1) if m.nnz else np.zeros(bsr, np.float32),
+              (m.indices * pw.pixels).astype(np.int32) if m.nnz else np.zeros(1, np.int32), m.indptr, pw_bias, wd, bd]
+    expanded = epilogue_ref(np.einsum("oc,nchw->nohw", w.astype(np.float64), x) + pw_bias[:c, None, None], pw_epi)
+    want = conv_ref(expanded.astype(np.float32), wd, bd, dw, dw_epi)
+    knobs = fused.candidates(shape, lanes, 2)
+    assert {k.band for k in knobs} >= {2, 4}
+    for k in knobs:
+        close(run(Kernel("fused", shape, dw_epi), k, lanes, [x] + consts), want)

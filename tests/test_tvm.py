@@ -1,6 +1,7 @@
 """TVM compilation: BSR format, our TIR kernels, the Relax rewrite, tuning caches, targets, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tarfile
@@ -57,7 +58,10 @@ def test_candidate_knobs_follow_vector_width_and_cores():
 
     shape = pointwise.PointwiseShape(1, 64, 14, 14, 64, 4, 100)
     two = Kernel("pointwise", shape).candidates(8, 2)
-    assert {k.vectors for k in two} == {1, 2, 3} and all(k.parallel for k in two)
+    assert {k.vectors for k in two} == {1, 2, 3}
+    assert {k for k in two if not k.parallel} == {dataclasses.replace(k, parallel=False) for k in two if k.parallel}
+    big = Kernel("pointwise", pointwise.PointwiseShape(1, 256, 28, 28, 256, 4, 8192)).candidates(8, 2)
+    assert all(k.parallel for k in big)  # a parallel loop pays for a big kernel; only small ones try without
     assert not any(k.parallel for k in Kernel("pointwise", shape).candidates(8, 1))
     three = pointwise.PointwiseShape(1, 64, 1, 3, 64, 4, 100)  # fewer pixels than a vector: vectors of 2 lanes
     assert {pointwise.tiling(3, 8, k.vectors).lanes for k in Kernel("pointwise", three).candidates(8, 2)} == {2}
@@ -297,7 +301,7 @@ def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
     sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_kernels=False, progress=False),
                                     log=lambda *_: None)
     assert sidecar["leftover_ops"] == {}
-    roles = collections.Counter(k["role"] for k in sidecar["kernels"])
+    roles = collections.Counter(part["role"] for k in sidecar["kernels"] for part in k.get("parts", [k]))
     depthwise = sum(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in deployed.layers)
     assert roles["depthwise"] == depthwise and roles["conv"] == 1
     assert roles["pool"] + roles["view"] >= 1  # at 32 px the last map may be 1×1: its mean is a view
@@ -316,6 +320,46 @@ def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
     scale = np.abs(want).max()
     assert want.std(axis=0).mean() > 1e-3 * scale, "logits do not vary across inputs"
     assert np.abs(got - want).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v1"])
+def test_pointwise_depthwise_pairs_fused_end_to_end(arch, tmp_path, rng):
+    """Every pointwise → depthwise pair of a pruned MobileNet planned as a fused op; with the fused
+    kernels forced (not what the knob search chose) the build still reproduces onnxruntime."""
+    import onexn_tf as ox
+    from conftest import calibrate_pruned, small_model, synthetic_batch
+    from export import onnx_format
+    from export.tvm import kernels, rewrite
+
+    model = small_model(arch)
+    pruned = ox.prune_1xn(model, n=4, sparsity=0.5)
+    ox.update_masks(pruned)
+    calibrate_pruned(pruned, synthetic_batch(model, 16, seed=3, arch=arch)[0])
+    deployed, _ = ox.deployable(pruned)
+    path = tmp_path / f"{arch}.onnx"
+    onnx_format.write(deployed, path, nchw=True)
+    mod, name, shape, _, _ = compiler.import_onnx(path)
+    plan = rewrite.plan(mod, rewrite.Settings(lanes=HOST.vector_lanes()))
+    fused = [op for op in plan.ops if op.parts]
+    apart = rewrite.plan(mod, rewrite.Settings(lanes=HOST.vector_lanes(), fuse=False)).ops
+    producers = {op.end_var: op.role for op in apart}
+    pairs = [op for op in apart if op.role == "depthwise" and producers.get(op.inputs[0], "").startswith("pointwise")]
+    assert len(fused) == len(pairs) >= 6  # (on 1×1 maps the producer is a matrix-vector kernel instead)
+    assert all([p.role for p in op.parts] == ["pointwise", "depthwise"] for op in fused)
+    assert len(plan.all_ops) == len(apart)
+
+    def forced(op):
+        if op.parts:
+            options = kernels.fused.candidates(op.kernel.shape, HOST.vector_lanes(), 1)
+            return options[-1] if options else op.kernel.default_knobs(HOST.vector_lanes(), 1)
+        return op.kernel.default_knobs(HOST.vector_lanes(), 1)
+    built = compiler.build(tuning.zero_pipeline(rewrite.apply_plan(plan, forced, HOST.vector_lanes())), HOST, tmp_path)
+    assert sum(not op.knobs.split for op in fused) >= 1  # some pairs really run fused
+    xs = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(3)]
+    want = np.concatenate(compiler.reference_outputs(path, name, xs))
+    got = np.concatenate(compiler.run_vm(built, xs))
+    assert want.std(axis=0).mean() > 1e-3 * np.abs(want).max(), "logits do not vary across inputs"
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
 def _elf_machine(blob: bytes) -> int:

@@ -230,4 +230,7 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
 
 def _op_record(op, entries, spec) -> dict:
     entry = entries.get(knob_search.cache_key(spec, op), {}) if op.kernel is not None else {}
-    return {**op.record(), "kernel_ms": entry.get("ms")}
+    record = {**op.record(), "kernel_ms": entry.get("ms")}
+    if op.parts:
+        record["parts"] = [_op_record(part, entries, spec) for part in op.parts]
+    return record

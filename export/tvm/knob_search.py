@@ -22,7 +22,7 @@ from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
-VERSION = 3  # of the kernel generators and the timing method: older measurements are not reused
+VERSION = 4  # of the kernel generators and the timing method: older measurements are not reused
 
 
 def cache_key(spec: TargetSpec, op) -> str:
@@ -93,6 +93,7 @@ def search(ops, spec: TargetSpec, work_dir, *, rpc: Rpc | None = None, cross_com
     lanes, cores = spec.vector_lanes(), int(spec.config["num-cores"])
     todo = {}
     ops = [op for op in ops if op.kernel is not None]
+    ops = [part for op in ops for part in (op.parts or [])] + ops  # a fused op is weighed against its parts
     for op in ops:
         key = cache_key(spec, op)
         if key not in cache and key not in todo:
@@ -112,15 +113,33 @@ def _measure(todo: dict, timer: _Timer, cache: dict, path: Path, lanes: int, cor
     rng = np.random.default_rng(0)
     for key, op in todo.items():
         candidates = op.kernel.candidates(lanes, cores)
+        if op.parts and not candidates:  # no fused kernel fits this pair: apart
+            cache[key] = _split_entry(op, [], [], cache, timer.spec)
+            files.write_json(path, cache)
+            bar.update(1)
+            continue
         names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
         lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
         inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
         timings = timer.time(lib, names, [_arguments(op, knobs, inputs) for knobs in candidates], rounds)
         best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
-        cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
-                      "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
+        apart = _split_entry(op, timings, candidates, cache, timer.spec) if op.parts else None
+        if apart is not None and apart["ms"] <= best_ms:
+            cache[key] = apart
+        else:
+            cache[key] = {"kind": op.kernel.kind, "knobs": dataclasses.asdict(best), "ms": best_ms,
+                          "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
         files.write_json(path, cache)  # after every kernel: a stopped search resumes here
         bar.update(1)
+
+
+def _split_entry(op, timings, candidates, cache: dict, spec: TargetSpec) -> dict:
+    """The entry of a fused op run as its parts: their measured times summed (measured just before)."""
+    parts_ms = sum(cache[cache_key(spec, part)]["ms"] for part in op.parts)
+    knobs = dataclasses.replace(op.kernel.default_knobs(spec.vector_lanes(), int(spec.config["num-cores"])),
+                                split=True)
+    return {"kind": op.kernel.kind, "knobs": dataclasses.asdict(knobs), "ms": parts_ms,
+            "candidates": [[dataclasses.asdict(k), ms] for ms, k in zip(timings, candidates)]}
 
 
 def knobs_from(entries: dict, spec: TargetSpec):

@@ -31,6 +31,7 @@ from tvm import relax
 
 from export.tvm import bsr as bsr_format
 from export.tvm.kernels import Epilogue, Kernel, gemv, pointwise, reduce, spatial
+from export.tvm.kernels import fused as fused_kernels
 from onexn_tf.errors import InvalidArgument
 
 _CLIP_FUNC = re.compile(r"^(maximum|minimum)\d*$")
@@ -51,10 +52,17 @@ class Op:
     block_sparsity: float | None = None
     knobs: object = None
     after: tuple | None = None  # reshape the kernel's output to this relax shape
+    end_var: object = None  # the relax var bound to ``end``
+    parts: list | None = None  # a fused op: the ops it computes (run apart when its knobs say split)
 
     def record(self) -> dict:
         if self.kernel is None:
             return {"name": self.name, "role": self.role, "kind": None}
+        if self.parts:
+            return {"name": self.name, "role": self.role, "kind": self.kernel.kind,
+                    "epilogue": self.kernel.epilogue.describe(),
+                    "knobs": dataclasses.asdict(self.knobs) if self.knobs is not None else None,
+                    "parts": [part.record() for part in self.parts]}
         return {"name": self.name, "role": self.role, "kind": self.kernel.kind,
                 "shape": dataclasses.asdict(self.kernel.shape), "epilogue": self.kernel.epilogue.describe(),
                 "block_sparsity": None if self.block_sparsity is None else round(self.block_sparsity, 6),
@@ -76,7 +84,12 @@ class Plan:
 
     @property
     def sparse_layers(self) -> list:
-        return [op for op in self.ops if op.role in ("pointwise", "gemv")]
+        return [op for op in self.all_ops if op.role in ("pointwise", "gemv")]
+
+    @property
+    def all_ops(self) -> list:
+        """Every op, the parts of fused ones instead of them."""
+        return [part for op in self.ops for part in (op.parts or [op])]
 
 
 # --- constants and small helpers ------------------------------------------------------------------
@@ -314,6 +327,7 @@ class Settings:
     min_sparsity: float = 0.2
     dense: bool = False  # every matrix dense-stored: the dense baseline through the same kernels
     lanes: int = 8  # the target's vector lanes (a dense matrix-vector product stores 2 vectors a block)
+    fuse: bool = True  # offer pointwise → depthwise pairs as fused kernels (the knob search may keep them apart)
 
 
 class _Planner:
@@ -345,8 +359,32 @@ class _Planner:
                 return
 
     def _add(self, role, kernel, inputs, constants, end_var, sparsity=None, after=None):
-        op = Op(self._name(role), role, kernel, inputs, constants, self.graph.value(end_var), sparsity, after=after)
+        op = Op(self._name(role), role, kernel, inputs, constants, self.graph.value(end_var), sparsity, after=after,
+                end_var=end_var)
         self.ops.append(op)
+
+    def fuse_pointwise_depthwise(self) -> None:
+        """Each pointwise op whose only consumer is a depthwise op (nothing else reads the tensor between
+        them) becomes one fused op with both as its parts (:mod:`kernels.fused`)."""
+        fused, by_input = [], {}
+        for op in self.ops:
+            if op.role == "depthwise" and isinstance(op.inputs[0], relax.Var):
+                by_input[op.inputs[0]] = op
+        merged = {}
+        for op in self.ops:
+            dw = by_input.get(op.end_var) if op.role in ("pointwise", "pointwise_dense") else None
+            if dw is None or op.kernel.epilogue.residual or len(self.graph.users.get(op.end_var, [])) != 1:
+                continue
+            shape = fused_kernels.FusedShape(op.kernel.shape, op.kernel.epilogue, dw.kernel.shape)
+            merged[id(dw)] = Op(f"onexn_fused_{len(self.ops) + len(merged)}", "pointwise+depthwise",
+                                Kernel("fused", shape, dw.kernel.epilogue), op.inputs, op.constants + dw.constants,
+                                dw.end, op.block_sparsity, end_var=dw.end_var, parts=[op, dw])
+        skip = {id(m.parts[0]) for m in merged.values()}
+        for op in self.ops:
+            if id(op) in skip:
+                continue
+            fused.append(merged.get(id(op), op))
+        self.ops = fused
 
     def _consume_chain(self, start, end):
         """Mark the bindings from ``start`` to ``end`` consumed (walks users; the chain is linear but
@@ -517,6 +555,8 @@ def plan(mod: tvm.IRModule, settings: Settings = Settings()) -> Plan:
     for block in func.body.blocks:
         for binding in block.bindings:
             planner.visit(binding.var, binding.value)
+    if settings.fuse:
+        planner.fuse_pointwise_depthwise()
     return Plan(mod, planner.ops, planner.skipped)
 
 
@@ -533,12 +573,17 @@ class _Rewriter(relax.PyExprMutator):
             return self._emit(op)
         return super().visit_call_(call)
 
-    def _emit(self, op: Op):
+    def _emit(self, op: Op, inputs=None):
         if op.kernel is None:  # a view
             return relax.op.reshape(self.visit_expr(op.inputs[0]), op.after)
+        if op.parts and op.knobs.split:  # the fused pair apart, each with its own knobs
+            first, second = op.parts
+            middle = self.builder_.emit(self._emit(first))
+            return self._emit(second, inputs=[middle] + [self.visit_expr(x) for x in second.inputs[1:]])
         func = op.kernel.build(op.knobs, self.lanes, op.name)
         gv = self.builder_.add_func(func, op.name)
-        args = [self.visit_expr(x) for x in op.inputs] + [relax.const(c) for c in op.kernel.constants_for(op.knobs, op.constants)]
+        inputs = inputs if inputs is not None else [self.visit_expr(x) for x in op.inputs]
+        args = inputs + [relax.const(c) for c in op.kernel.constants_for(op.knobs, op.constants)]
         result = relax.call_tir(gv, relax.Tuple(args), relax.TensorType(op.kernel.output(), "float32"))
         if op.after is not None:
             return relax.op.reshape(self.builder_.emit(result), op.after)
@@ -550,6 +595,8 @@ def apply_plan(plan_: Plan, knobs_for, lanes: int) -> tvm.IRModule:
     if not plan_.ops:
         return plan_.mod
     for op in plan_.ops:
+        for part in op.parts or []:
+            part.knobs = knobs_for(part)
         op.knobs = knobs_for(op) if op.kernel is not None else None
     rewriter = _Rewriter(plan_.mod, {op.end: op for op in plan_.ops}, lanes)
     rewriter.builder_.update_func(plan_.mod.get_global_var("main"), rewriter.visit_expr(plan_.mod["main"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from export.tvm.kernels import gemv, pointwise, reduce, spatial
+from export.tvm.kernels import fused, gemv, pointwise, reduce, spatial
 from export.tvm.kernels.tir import Epilogue
 
 
@@ -32,6 +32,7 @@ KINDS = {
     "pool": Kind(reduce.pool, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
     "scale": Kind(reduce.scale, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
     "to_nchw": Kind(reduce.to_nchw, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
+    "fused": Kind(fused.generate, fused.candidates, fused.default_knobs, fused.FusedKnobs),
 }
 
 
@@ -73,4 +74,4 @@ class Kernel:
         return [self.kind, type(self.shape).__name__, dataclasses.astuple(self.shape), dataclasses.astuple(self.epilogue)]
 
 
-__all__ = ["Epilogue", "Kernel", "KINDS", "gemv", "pointwise", "reduce", "spatial"]
+__all__ = ["Epilogue", "Kernel", "KINDS", "fused", "gemv", "pointwise", "reduce", "spatial"]

@@ -298,6 +298,82 @@ def _generate_channels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwi
     return fn.func
 
 
+def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, nch: int, D, O, IP, B, Xf, Yf, Rf,
+                 x_base, out_at, guard_rows: bool = True):
+    """``tile(n, rb, t, chunk)``: emits pixel tile ``t`` of block row ``rb`` over ``P`` pixels (tiled by
+    ``tl``). ``x_base(n)`` is added to a block's offset (input channel · H·W) to address its input
+    row; ``out_at(n, row, pixel)`` addresses an output value. With ``guard_rows`` the rows past C_out
+    of a partial last block row are not stored (without, the output has room for them)."""
+    N, CO, R = shape.batch, shape.c_out, shape.bsr
+    V = tl.lanes
+    partial = CO % R and guard_rows
+
+    def pixel(vector):
+        """First pixel of the plane's vector number ``vector`` (the last one ends at pixel P-1)."""
+        return vector * V if P % V == 0 else tirx.min(vector * V, P - V)
+
+    def micro(n, rb, first, mm, chunk=0):
+        """``mm`` vectors from vector ``first`` for block row ``rb``; ``chunk``: which input-channel chunk."""
+        first_chunk, last_chunk = chunk == 0, chunk == nch - 1
+        starts = [pixel(first + j) for j in range(mm)]
+        if nch > 1:
+            start, stop = IP[rb * (nch + 1) + chunk], IP[rb * (nch + 1) + chunk + 1]
+        else:
+            start, stop = IP[rb], IP[rb + 1]
+        Rs = rows_per_pass(R, mm, V)
+        for r0 in range(0, R, Rs):
+            rr = list(range(r0, min(R, r0 + Rs)))
+            acc = T.alloc_buffer((len(rr) * mm * V,), "float32", scope="local")
+            for i, r in enumerate(rr):
+                for j in range(mm):
+                    at = out_at(n, rb * R + r, starts[j])
+                    if first_chunk:
+                        init = bcast(B[rb * R + r], V) if epilogue.bias else bcast(f32(0), V)
+                    elif partial and r >= CO % R:  # rows past C_out are never stored: any value will do
+                        init = vload(Yf, tirx.min(at, N * CO * P - V), V)
+                    else:  # the partial sums of the chunks before
+                        init = vload(Yf, at, V)
+                    vstore(acc, (i * mm + j) * V, init, V)
+            with T.serial(start, stop) as k:
+                base = x_base(n) + O[k]
+                xs = [vload(Xf, base + starts[j], V) for j in range(mm)]
+                for i, r in enumerate(rr):
+                    w = bcast(D[k * R + r], V)
+                    for j in range(mm):
+                        at = (i * mm + j) * V
+                        vstore(acc, at, vload(acc, at, V) + w * xs[j], V)
+            for i, r in enumerate(rr):
+                def store(i=i, r=r):
+                    for j in range(mm):
+                        at = out_at(n, rb * R + r, starts[j])
+                        value = vload(acc, (i * mm + j) * V, V)
+                        if last_chunk:
+                            residual = vload(Rf, at, V) if Rf is not None else None
+                            value = epilogue.apply(value, V, residual)
+                        vstore(Yf, at, value, V)
+                if partial and r >= CO % R:  # rows past C_out exist only in the last block row
+                    with T.If(rb * R + r < CO):
+                        with T.Then():
+                            store()
+                else:
+                    store()
+
+    def tile(n, rb, t, chunk=0):
+        """Tile ``t``: ``base + 1`` vectors for the first ``extra`` tiles, ``base`` after."""
+        first = t * tl.base + (tirx.min(t, tl.extra) if tl.extra else 0)
+        if not tl.extra:
+            micro(n, rb, first, tl.base, chunk)
+        elif tl.extra == tl.tiles:
+            micro(n, rb, first, tl.base + 1, chunk)
+        else:
+            with T.If(t < tl.extra):
+                with T.Then():
+                    micro(n, rb, first, tl.base + 1, chunk)
+                with T.Else():
+                    micro(n, rb, first, tl.base, chunk)
+    return tile
+
+
 def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: PointwiseKnobs, lanes: int, name: str):
     """``(x, [residual], data, offsets, indptr, bias, y)`` with x ``[N, C_in, H, W]`` (P = H·W), data
     ``[nnz·bsr]`` (block k's bsr weights), offsets ``[nnz]`` (input channel · P), indptr ``[block_rows + 1]``
@@ -305,7 +381,6 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
     N, CI, P, CO, R = shape.batch, shape.c_in, shape.pixels, shape.c_out, shape.bsr
     rows = shape.block_rows
     tl = tiling(P, lanes, knobs.vectors)
-    V = tl.lanes
     nch = chunks(shape, knobs)
     if nch > 1 and not chunkable(P, lanes, knobs.vectors):
         raise ValueError(f"chunked pointwise kernel needs tiles of 2+ vectors for {P} pixels")
@@ -321,73 +396,8 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         Y = buffer_arg("y", shape.output())
         Xf, Yf = flat(X, N * CI * P), flat(Y, N * CO * P)
         Rf = flat(Res, N * CO * P) if Res is not None else None
-
-        def pixel(vector):
-            """First pixel of the plane's vector number ``vector`` (the last one ends at pixel P-1)."""
-            return vector * V if P % V == 0 else tirx.min(vector * V, P - V)
-
-        def micro(n, rb, first, mm, chunk=0):
-            """``mm`` vectors from vector ``first`` for block row ``rb``; ``chunk``: which input-channel chunk."""
-            first_chunk, last_chunk = chunk == 0, chunk == nch - 1
-            starts = [pixel(first + j) for j in range(mm)]
-            if nch > 1:
-                start, stop = IP[rb * (nch + 1) + chunk], IP[rb * (nch + 1) + chunk + 1]
-            else:
-                start, stop = IP[rb], IP[rb + 1]
-            Rs = rows_per_pass(R, mm, V)
-            for r0 in range(0, R, Rs):
-                rr = list(range(r0, min(R, r0 + Rs)))
-                acc = T.alloc_buffer((len(rr) * mm * V,), "float32", scope="local")
-
-                def out_at(r, j):
-                    return n * (CO * P) + (rb * R + r) * P + starts[j]
-
-                for i, r in enumerate(rr):
-                    for j in range(mm):
-                        if first_chunk:
-                            init = bcast(B[rb * R + r], V) if epilogue.bias else bcast(f32(0), V)
-                        elif CO % R and r >= CO % R:  # rows past C_out are never stored: any value will do
-                            init = vload(Yf, tirx.min(out_at(r, j), N * CO * P - V), V)
-                        else:  # the partial sums of the chunks before
-                            init = vload(Yf, out_at(r, j), V)
-                        vstore(acc, (i * mm + j) * V, init, V)
-                with T.serial(start, stop) as k:
-                    base = n * (CI * P) + O[k]
-                    xs = [vload(Xf, base + starts[j], V) for j in range(mm)]
-                    for i, r in enumerate(rr):
-                        w = bcast(D[k * R + r], V)
-                        for j in range(mm):
-                            at = (i * mm + j) * V
-                            vstore(acc, at, vload(acc, at, V) + w * xs[j], V)
-                for i, r in enumerate(rr):
-                    def store(i=i, r=r):
-                        for j in range(mm):
-                            at = out_at(r, j)
-                            value = vload(acc, (i * mm + j) * V, V)
-                            if last_chunk:
-                                residual = vload(Rf, at, V) if Rf is not None else None
-                                value = epilogue.apply(value, V, residual)
-                            vstore(Yf, at, value, V)
-                    if CO % R and r >= CO % R:  # rows past C_out exist only in the last block row
-                        with T.If(rb * R + r < CO):
-                            with T.Then():
-                                store()
-                    else:
-                        store()
-
-        def tile(n, rb, t, chunk=0):
-            """Tile ``t``: ``base + 1`` vectors for the first ``extra`` tiles, ``base`` after."""
-            first = t * tl.base + (tirx.min(t, tl.extra) if tl.extra else 0)
-            if not tl.extra:
-                micro(n, rb, first, tl.base, chunk)
-            elif tl.extra == tl.tiles:
-                micro(n, rb, first, tl.base + 1, chunk)
-            else:
-                with T.If(t < tl.extra):
-                    with T.Then():
-                        micro(n, rb, first, tl.base + 1, chunk)
-                    with T.Else():
-                        micro(n, rb, first, tl.base, chunk)
+        tile = tile_emitter(shape, epilogue, tl, P, nch, D, O, IP, B, Xf, Yf, Rf,
+                            x_base=lambda n: n * (CI * P), out_at=lambda n, row, pixel: n * (CO * P) + row * P + pixel)
 
         outer = parallel_or_serial(knobs.parallel)
         with T.serial(0, N) as n:

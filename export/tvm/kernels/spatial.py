@@ -101,25 +101,226 @@ def _valid(o: int, stride: int, pad: int, k: int, size: int) -> list[int]:
     return [t for t in range(k) if 0 <= o * stride - pad + t <= size - 1]
 
 
+class Emitter:
+    """Emits a K×K convolution's output rows into TIR (inside an IRBuilder function). ``in_row(ci, iy)``
+    and ``out_row(co, oy)`` give the flat index of an input / output row, so the same code serves
+    whole NCHW tensors and the row bands of a fused kernel; ``Xf``/``Yf`` are flat buffers."""
+
+    def __init__(self, shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes: int, Xf, Wf, Bf, Yf,
+                 in_row, out_row):
+        K, S, W, H = shape.kernel, shape.stride, shape.width, shape.height
+        pt, pl, _, _ = shape.pads
+        self.shape, self.epilogue, self.knobs = shape, epilogue, knobs
+        self.Xf, self.Wf, self.Bf, self.Yf, self.in_row, self.out_row = Xf, Wf, Bf, Yf, in_row, out_row
+        self.K, self.S, self.pt, self.pl = K, S, pt, pl
+        self.OH, self.OW = shape.out_height, shape.out_width
+        self.L = -(-pl // S)  # interior columns [L, RE): every tap inside the row
+        self.RE = max(self.L, (W - K + pl) // S + 1)
+        self.TL = -(-pt // S)  # interior rows [TL, BR)
+        self.BR = max(self.TL, (H - K + pt) // S + 1)
+        self.NI = self.RE - self.L
+        self.V = row_lanes(self.NI, lanes)
+        self.m = max(0, min(knobs.vectors, self.NI // self.V))
+        self.tile = self.m * self.V
+        self.taps = K * K * (1 if shape.depthwise else shape.c_in)
+        self.co0, self.outs, self.cins = 0, 1, [0]
+
+    def group(self, co0, outs: int, cins) -> None:
+        """The output channels ``co0 … co0+outs-1`` and the input channels they read, for what follows."""
+        self.co0, self.outs, self.cins = co0, outs, cins
+
+    # --- values ------------------------------------------------------------------------------------
+
+    def weight(self, o, ci_index, ky, kx, lanes):
+        K = self.K
+        return bcast(self.Wf[(self.co0 + o) * self.taps + (ci_index * K + ky) * K + kx], lanes)
+
+    def bias(self, o, lanes):
+        return bcast(self.Bf[self.co0 + o], lanes) if self.epilogue.bias else bcast(f32(0), lanes)
+
+    def prologue(self, value, lanes):
+        if self.shape.affine is None:
+            return value
+        a, b = self.shape.affine
+        return value * bcast(f32(a), lanes) + bcast(f32(b), lanes)
+
+    def vector_taps(self, ci, iy, x0) -> dict:
+        """{kx: the V inputs tap kx reads for outputs x0 … x0+V-1, input row iy}."""
+        K, S, V, Xf = self.K, self.S, self.V, self.Xf
+        row = self.in_row(ci, iy)
+        if S == 1:
+            return {kx: self.prologue(vload(Xf, row + x0 - self.pl + kx, V), V) for kx in range(K)}
+        base = row + 2 * x0 - self.pl
+
+        def pair(off):
+            return vload(Xf, base + off, V), vload(Xf, base + off + V, V)
+        out = {}
+        for kx in range(K):
+            if kx % 2 == 1 or kx == K - 1:  # the last even tap: odd lanes one earlier
+                out[kx] = shuffle_odd(*pair(kx - 1), V) if kx else shuffle_even(*pair(0), V)
+            else:
+                out[kx] = shuffle_even(*pair(kx), V)
+        return {kx: self.prologue(v, V) for kx, v in out.items()}
+
+    def _x0(self, t, count):
+        return self.L + tirx.min(t * self.tile, self.NI - self.tile) if count > 1 else self.L
+
+    # --- rows --------------------------------------------------------------------------------------
+
+    def vector_rows_expr(self, rows, kys) -> None:
+        """Depthwise (one output channel): each accumulator one expression over its taps, which LLVM
+        schedules better than explicit accumulator stores on narrow rows."""
+        V, m, K, S = self.V, self.m, self.K, self.S
+        count = -(-self.NI // self.tile)
+        with T.serial(0, count) as t:
+            x0 = self._x0(t, count)
+            for j in range(m):
+                xj = x0 + j * V
+                accs = {r: self.bias(0, V) for r in range(len(rows))}
+                for r, oy in enumerate(rows):
+                    for ky in kys:
+                        inputs = self.vector_taps(self.cins[0], oy * S - self.pt + ky, xj)
+                        for kx in range(K):
+                            accs[r] = accs[r] + self.weight(0, 0, ky, kx, V) * inputs[kx]
+                for r, oy in enumerate(rows):
+                    vstore(self.Yf, self.out_row(self.co0, oy) + xj, self.epilogue.apply(accs[r], V), V)
+
+    def vector_row_tap_loop(self, oy) -> None:
+        """Dense (the stem), one interior output row: a runtime loop over (input channel, kernel row),
+        the K column taps unrolled. Each weight is loaded inside that loop (so LLVM cannot hoist all
+        C_in·K·K·out_block of them and spill them to the stack) and feeds ``m`` FMAs; the accumulators
+        and the m·K taps fit the registers."""
+        V, m, K, S, outs = self.V, self.m, self.K, self.S, self.outs
+        CI = self.shape.c_in
+        count = -(-self.NI // self.tile)
+        with T.serial(0, count) as t:
+            x0 = self._x0(t, count)
+            acc = T.alloc_buffer((outs * m * V,), "float32", scope="local")
+            for o in range(outs):
+                for j in range(m):
+                    vstore(acc, (o * m + j) * V, self.bias(o, V), V)
+            with T.serial(0, CI * K) as cik:
+                ci, ky = cik // K, cik % K
+                inputs = [self.vector_taps(ci, oy * S - self.pt + ky, x0 + j * V) for j in range(m)]
+                for o in range(outs):
+                    for kx in range(K):
+                        w = bcast(self.Wf[(self.co0 + o) * self.taps + cik * K + kx], V)
+                        for j in range(m):
+                            at = (o * m + j) * V
+                            vstore(acc, at, vload(acc, at, V) + w * inputs[j][kx], V)
+            for o in range(outs):
+                for j in range(m):
+                    value = self.epilogue.apply(vload(acc, (o * m + j) * V, V), V)
+                    vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
+
+    def vector_rows(self, rows, kys) -> None:
+        """Dense: ``len(rows)`` output rows × ``m`` vectors at once: each input row a tile needs is loaded
+        once per input channel (its K taps kept in registers) and feeds every output row and channel
+        that uses it; statements in that order keep LLVM's register pressure at the accumulators plus
+        K taps."""
+        V, m, K, S, outs = self.V, self.m, self.K, self.S, self.outs
+        count = -(-self.NI // self.tile)
+        R_ = len(rows)
+        top = rows[0] * S - self.pt  # input row of output row rows[0], tap 0
+        with T.serial(0, count) as t:
+            x0 = self._x0(t, count)
+            acc = T.alloc_buffer((outs * R_ * m * V,), "float32", scope="local")
+            taps = T.alloc_buffer((K * V,), "float32", scope="local")
+
+            def slot(o, r, j):
+                return ((o * R_ + r) * m + j) * V
+            for o in range(outs):
+                for r in range(R_):
+                    for j in range(m):
+                        vstore(acc, slot(o, r, j), self.bias(o, V), V)
+            for ci_index, ci in enumerate(self.cins):
+                for rel in range((R_ - 1) * S + K):
+                    users = [(r, rel - r * S) for r in range(R_) if rel - r * S in kys]
+                    if not users:
+                        continue
+                    for j in range(m):
+                        for kx, value in self.vector_taps(ci, top + rel, x0 + j * V).items():
+                            vstore(taps, kx * V, value, V)
+                        for r, ky in users:
+                            for kx in range(K):
+                                tap = vload(taps, kx * V, V)
+                                for o in range(outs):
+                                    w = self.weight(o, ci_index, ky, kx, V)
+                                    at = slot(o, r, j)
+                                    vstore(acc, at, vload(acc, at, V) + w * tap, V)
+            for o in range(outs):
+                for r, oy in enumerate(rows):
+                    for j in range(m):
+                        value = self.epilogue.apply(vload(acc, slot(o, r, j), V), V)
+                        vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
+
+    def scalar(self, oy, ox, kys, kxs) -> None:
+        """One output pixel per channel with exactly the taps ``kys`` × ``kxs`` (None: checked per column)."""
+        K, S, W = self.K, self.S, self.shape.width
+        depthwise = self.shape.depthwise
+        for o in range(self.outs):
+            acc = self.bias(o, 1)
+            for ci_index, ci in enumerate(self.cins):
+                for ky in kys:
+                    row = self.in_row(ci, oy * S - self.pt + ky)
+                    for kx in (kxs if kxs is not None else range(K)):
+                        ix = ox * S - self.pl + kx
+                        if kxs is not None:
+                            value = self.prologue(self.Xf[row + ix], 1)
+                        else:
+                            value = tirx.if_then_else(tirx.all(ix >= 0, ix < W),
+                                                      self.prologue(self.Xf[row + tirx.max(tirx.min(ix, W - 1), 0)], 1),
+                                                      f32(0))
+                        acc = acc + self.weight(o, 0 if depthwise else ci_index, ky, kx, 1) * value
+            T.buffer_store(self.Yf, self.epilogue.apply(acc, 1), [self.out_row(self.co0 + o, oy) + ox])
+
+    def rows(self, rows, kys) -> None:
+        """Output rows ``rows`` (expressions) that all take the kernel rows ``kys``, across the whole width."""
+        W = self.shape.width
+        if self.m:
+            if self.shape.depthwise:
+                self.vector_rows_expr(rows, kys)
+            elif len(rows) == 1 and len(kys) == self.K and self.knobs.tap_loop:
+                self.vector_row_tap_loop(rows[0])
+            else:
+                self.vector_rows(rows, kys)
+            for ox in list(range(0, self.L)) + list(range(self.RE, self.OW)):
+                for oy in rows:
+                    self.scalar(oy, ox, kys, _valid(ox, self.S, self.pl, self.K, W))
+        else:  # a row narrower than a vector: scalar, taps checked per column
+            with T.serial(0, self.OW) as ox:
+                for oy in rows:
+                    self.scalar(oy, ox, kys, None)
+
+    def row_range(self, lo: int, hi: int) -> None:
+        """Output rows ``lo … hi-1`` (static): border rows with their valid kernel rows, the interior in
+        blocks of ``knobs.rows``."""
+        K, S, H = self.K, self.S, self.shape.height
+        TL, BR = max(self.TL, lo), min(self.BR, hi)
+        for oy in range(lo, min(TL, hi)):
+            self.rows([oy], _valid(oy, S, self.pt, K, H))
+        if TL < BR:
+            R = max(1, self.knobs.rows)
+            blocks = (BR - TL) // R
+            if blocks:
+                with T.serial(0, blocks) as rb:
+                    self.rows([TL + rb * R + r for r in range(R)], list(range(K)))
+            if TL + blocks * R < BR:
+                with T.serial(TL + blocks * R, BR) as oy:
+                    self.rows([oy], list(range(K)))
+        for oy in range(max(BR, TL, lo), hi):
+            self.rows([oy], _valid(oy, S, self.pt, K, H))
+
+
 def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes: int, name: str):
     """``(x, w, bias, y)``; ``w`` is ``[C_out, K·K]`` (depthwise) or ``[C_out, C_in·K·K]``."""
     N, CI, H, W, CO = shape.batch, shape.c_in, shape.height, shape.width, shape.c_out
-    K, S = shape.kernel, shape.stride
-    pt, pl, _, _ = shape.pads
     OH, OW = shape.out_height, shape.out_width
-    if not supported(K, S) or (shape.depthwise and CI != CO):
+    if not supported(shape.kernel, shape.stride) or (shape.depthwise and CI != CO):
         raise ValueError(f"unsupported spatial convolution {shape}")
-    L = -(-pl // S)  # interior columns [L, RE): every tap inside the row
-    RE = max(L, (W - K + pl) // S + 1)
-    TL = -(-pt // S)  # interior rows [TL, BR)
-    BR = max(TL, (H - K + pt) // S + 1)
-    NI = RE - L
-    V = row_lanes(NI, lanes)
-    m = max(0, min(knobs.vectors, NI // V))
-    tile = m * V
     OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
     groups = CO if shape.depthwise else -(-CO // OB)
-    taps = K * K * (1 if shape.depthwise else CI)
+    taps = shape.kernel ** 2 * (1 if shape.depthwise else CI)
     with prim_func(name) as fn:
         X = buffer_arg("x", (N, CI, H, W))
         Wt = buffer_arg("w", (CO, taps))
@@ -127,176 +328,14 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
         Y = buffer_arg("y", (N, CO, OH, OW))
         Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * CO * OH * OW), flat(Wt, CO * taps)
         with T.serial(0, N) as n:
+            em = Emitter(shape, epilogue, knobs, lanes, Xf, Wf, B, Yf,
+                         in_row=lambda ci, iy: (n * CI + ci) * (H * W) + iy * W,
+                         out_row=lambda co, oy: (n * CO + co) * (OH * OW) + oy * OW)
             with parallel_or_serial(knobs.parallel)(0, groups) as g:
-                # output channels of this group: [co0, co0 + OB); the last group of a dense conv may be short
+                # output channels of this group: [g·OB, g·OB + OB); the last group of a dense conv may be short
                 def body(outs: int):
-                    co0 = g * OB
-                    cins = [g] if shape.depthwise else list(range(CI))
-
-                    def weight(o, ci_index, ky, kx, lanes_):
-                        return bcast(Wf[(co0 + o) * taps + (ci_index * K + ky) * K + kx], lanes_)
-
-                    def bias(o, lanes_):
-                        return bcast(B[co0 + o], lanes_) if epilogue.bias else bcast(f32(0), lanes_)
-
-                    def prologue(value, lanes_):
-                        if shape.affine is None:
-                            return value
-                        a, b = shape.affine
-                        return value * bcast(f32(a), lanes_) + bcast(f32(b), lanes_)
-
-                    def plane(ci):
-                        return (n * CI + ci) * (H * W)
-
-                    def vector_taps(ci, iy, x0):
-                        """{kx: the V inputs tap kx reads for outputs x0 … x0+V-1, input row iy}."""
-                        row = plane(ci) + iy * W
-                        if S == 1:
-                            return {kx: prologue(vload(Xf, row + x0 - pl + kx, V), V) for kx in range(K)}
-                        base = row + 2 * x0 - pl
-
-                        def pair(off):
-                            return vload(Xf, base + off, V), vload(Xf, base + off + V, V)
-                        out = {}
-                        for kx in range(K):
-                            if kx % 2 == 1 or kx == K - 1:  # the last even tap: odd lanes one earlier
-                                out[kx] = shuffle_odd(*pair(kx - 1), V) if kx else shuffle_even(*pair(0), V)
-                            else:
-                                out[kx] = shuffle_even(*pair(kx), V)
-                        return {kx: prologue(v, V) for kx, v in out.items()}
-
-                    def emit_vector_row_tap_loop(oy):
-                        """Dense (the stem), one interior output row: a runtime loop over (input channel,
-                        kernel row), the K column taps unrolled. Each weight is loaded inside that loop
-                        (so LLVM cannot hoist all C_in·K·K·out_block of them and spill them to the stack)
-                        and feeds ``m`` FMAs; the accumulators and the m·K taps fit the registers."""
-                        count = -(-NI // tile)
-                        with T.serial(0, count) as t:
-                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
-                            acc = T.alloc_buffer((outs * m * V,), "float32", scope="local")
-                            for o in range(outs):
-                                for j in range(m):
-                                    vstore(acc, (o * m + j) * V, bias(o, V), V)
-                            with T.serial(0, CI * K) as cik:
-                                ci, ky = cik // K, cik % K
-                                inputs = [vector_taps(ci, oy * S - pt + ky, x0 + j * V) for j in range(m)]
-                                for o in range(outs):
-                                    for kx in range(K):
-                                        w = bcast(Wf[(co0 + o) * taps + cik * K + kx], V)
-                                        for j in range(m):
-                                            at = (o * m + j) * V
-                                            vstore(acc, at, vload(acc, at, V) + w * inputs[j][kx], V)
-                            for o in range(outs):
-                                for j in range(m):
-                                    at = (n * CO + co0 + o) * (OH * OW) + oy * OW + x0 + j * V
-                                    vstore(Yf, at, epilogue.apply(vload(acc, (o * m + j) * V, V), V), V)
-
-                    def emit_vector_rows(rows, kys):
-                        """Dense (the stem): ``len(rows)`` output rows × ``m`` vectors at once: each input row a tile needs is
-                        loaded once per input channel (its K taps kept in registers) and feeds every
-                        output row and channel that uses it; statements in that order keep LLVM's
-                        register pressure at the accumulators plus K taps."""
-                        count = -(-NI // tile)
-                        R_ = len(rows)
-                        top = rows[0] * S - pt  # input row of output row rows[0], tap 0
-                        with T.serial(0, count) as t:
-                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
-                            acc = T.alloc_buffer((outs * R_ * m * V,), "float32", scope="local")
-                            taps = T.alloc_buffer((K * V,), "float32", scope="local")
-
-                            def slot(o, r, j):
-                                return ((o * R_ + r) * m + j) * V
-                            for o in range(outs):
-                                for r in range(R_):
-                                    for j in range(m):
-                                        vstore(acc, slot(o, r, j), bias(o, V), V)
-                            for ci_index, ci in enumerate(cins):
-                                for rel in range((R_ - 1) * S + K):
-                                    users = [(r, rel - r * S) for r in range(R_) if rel - r * S in kys]
-                                    if not users:
-                                        continue
-                                    for j in range(m):
-                                        for kx, value in vector_taps(ci, top + rel, x0 + j * V).items():
-                                            vstore(taps, kx * V, value, V)
-                                        for r, ky in users:
-                                            for kx in range(K):
-                                                tap = vload(taps, kx * V, V)
-                                                for o in range(outs):
-                                                    w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, V)
-                                                    at = slot(o, r, j)
-                                                    vstore(acc, at, vload(acc, at, V) + w * tap, V)
-                            for o in range(outs):
-                                for r, oy in enumerate(rows):
-                                    for j in range(m):
-                                        at = (n * CO + co0 + o) * (OH * OW) + oy * OW + x0 + j * V
-                                        vstore(Yf, at, epilogue.apply(vload(acc, slot(o, r, j), V), V), V)
-
-                    def emit_vector_taps_expr(rows, kys):
-                        """Depthwise (one output channel): each accumulator one expression over its taps,
-                        which LLVM schedules better than explicit accumulator stores on narrow rows."""
-                        count = -(-NI // tile)
-                        with T.serial(0, count) as t:
-                            x0 = L + tirx.min(t * tile, NI - tile) if count > 1 else L
-                            for j in range(m):
-                                xj = x0 + j * V
-                                accs = {r: bias(0, V) for r in range(len(rows))}
-                                for r, oy in enumerate(rows):
-                                    for ky in kys:
-                                        inputs = vector_taps(g, oy * S - pt + ky, xj)
-                                        for kx in range(K):
-                                            accs[r] = accs[r] + weight(0, 0, ky, kx, V) * inputs[kx]
-                                for r, oy in enumerate(rows):
-                                    at = (n * CO + co0) * (OH * OW) + oy * OW + xj
-                                    vstore(Yf, at, epilogue.apply(accs[r], V), V)
-
-                    def emit_scalar(oy, ox, kys, kxs):
-                        for o in range(outs):
-                            acc = bias(o, 1)
-                            for ci_index, ci in enumerate(cins):
-                                for ky in kys:
-                                    iy = oy * S - pt + ky
-                                    for kx in (kxs if kxs is not None else range(K)):
-                                        ix = ox * S - pl + kx
-                                        if kxs is not None:
-                                            value = prologue(Xf[plane(ci) + iy * W + ix], 1)
-                                        else:
-                                            value = tirx.if_then_else(
-                                                tirx.all(ix >= 0, ix < W),
-                                                prologue(Xf[plane(ci) + iy * W + tirx.max(tirx.min(ix, W - 1), 0)], 1),
-                                                f32(0))
-                                        w = weight(o, 0 if shape.depthwise else ci_index, ky, kx, 1)
-                                        acc = acc + w * value
-                            at = (n * CO + co0 + o) * (OH * OW) + oy * OW + ox
-                            T.buffer_store(Yf, epilogue.apply(acc, 1), [at])
-
-                    def emit_rows(rows, kys):
-                        if m:
-                            if shape.depthwise:
-                                emit_vector_taps_expr(rows, kys)
-                            elif len(rows) == 1 and len(kys) == K and knobs.tap_loop:
-                                emit_vector_row_tap_loop(rows[0])
-                            else:
-                                emit_vector_rows(rows, kys)
-                            for ox in list(range(0, L)) + list(range(RE, OW)):
-                                for oy in rows:
-                                    emit_scalar(oy, ox, kys, _valid(ox, S, pl, K, W))
-                        else:  # a row narrower than a vector: scalar, taps checked per column
-                            with T.serial(0, OW) as ox:
-                                for oy in rows:
-                                    emit_scalar(oy, ox, kys, None)
-
-                    for oy in range(0, min(TL, OH)):
-                        emit_rows([oy], _valid(oy, S, pt, K, H))
-                    R = max(1, knobs.rows)
-                    blocks = (BR - TL) // R
-                    if blocks:
-                        with T.serial(0, blocks) as rb:
-                            emit_rows([TL + rb * R + r for r in range(R)], list(range(K)))
-                    if TL + blocks * R < BR:
-                        with T.serial(TL + blocks * R, BR) as oy:
-                            emit_rows([oy], list(range(K)))
-                    for oy in range(max(BR, TL), OH):
-                        emit_rows([oy], _valid(oy, S, pt, K, H))
+                    em.group(g * OB, outs, [g] if shape.depthwise else list(range(CI)))
+                    em.row_range(0, OH)
 
                 last = CO - (groups - 1) * OB
                 if shape.depthwise or last == OB:

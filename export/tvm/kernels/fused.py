@@ -1,0 +1,167 @@
+"""A pointwise convolution fused into the depthwise convolution that consumes it (MobileNetV2/V3's
+expand → depthwise, V1's pointwise → depthwise), in row bands, so the expanded tensor is never
+written out: at 112×112×96 it is 4.8 MB, which the two kernels apart write to and read back from
+memory (at 90 % sparsity that traffic, not arithmetic, is what the pair costs).
+
+Per band of ``band`` depthwise output rows (bands in parallel, each with its own scratch): the
+pointwise kernel computes the input rows the band needs — a window of ``(band-1)·stride + K`` rows,
+clamped into the image — for every channel into an L2-sized scratch, with the same micro-tiles as
+:mod:`pointwise`; then the depthwise kernel of :mod:`spatial` reads the scratch instead of a whole
+tensor. Windows of neighbouring bands overlap by ``K - stride`` rows, which are computed twice: the
+knob search weighs that against the memory traffic saved, and keeps the two kernels apart
+(``split``) when fusing does not pay.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tvm import tirx
+from tvm.tirx.script import builder as T
+
+from export.tvm.kernels import pointwise, spatial
+from export.tvm.kernels.tir import Epilogue, buffer_arg, flat, parallel_or_serial, prim_func
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedShape:
+    pointwise: pointwise.PointwiseShape
+    pointwise_epilogue: Epilogue
+    depthwise: spatial.SpatialShape
+
+    def inputs(self, epilogue=None) -> list[tuple]:
+        return self.pointwise.inputs(self.pointwise_epilogue)
+
+    def constants(self) -> list[tuple]:
+        return self.pointwise.constants() + self.depthwise.constants()
+
+    def output(self) -> tuple:
+        return self.depthwise.output()
+
+    def macs(self) -> int:
+        return self.pointwise.macs() + self.depthwise.macs()
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedKnobs:
+    band: int = 4  # depthwise output rows per band
+    vectors: int = 4  # pointwise micro-tile: pixel vectors
+    dw_vectors: int = 2
+    dw_rows: int = 1  # depthwise output rows computed together (divides band)
+    parallel: bool = True
+    split: bool = False  # run the two kernels apart (their own knobs); chosen by the knob search
+
+
+def window(shape: FusedShape, band: int) -> int:
+    """Input rows a band of ``band`` output rows reads (its scratch height)."""
+    dw = shape.depthwise
+    return min(dw.height, (band - 1) * dw.stride + dw.kernel)
+
+
+def feasible(shape: FusedShape, band: int) -> bool:
+    """The middle bands (between the first and the last, emitted with a runtime row offset) must hold
+    only interior rows, and a window must fit the image unless one band covers everything."""
+    dw = shape.depthwise
+    em = _geometry(dw)
+    bands = -(-dw.out_height // band)
+    if bands == 1:
+        return True
+    if dw.height < (band - 1) * dw.stride + dw.kernel:
+        return False
+    return bands == 2 or (em["TL"] <= band and em["BR"] >= (bands - 1) * band)
+
+
+def _geometry(dw: spatial.SpatialShape) -> dict:
+    K, S, pt = dw.kernel, dw.stride, dw.pads[0]
+    TL = -(-pt // S)
+    return {"TL": TL, "BR": max(TL, (dw.height - K + pt) // S + 1)}
+
+
+def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
+    parallel = cores > 1
+    widest = pointwise._vector_choices(shape.pointwise, lanes)[0]
+    out = []
+    for band in (2, 4, 8):
+        if band > shape.depthwise.out_height or not feasible(shape, band):
+            continue
+        for dw_vectors, dw_rows in ((2, 1), (1, 2)):
+            out.append(FusedKnobs(band, widest, dw_vectors, dw_rows, parallel))
+    return out
+
+
+def default_knobs(shape: FusedShape, lanes: int, cores: int) -> FusedKnobs:
+    """Untuned: apart, as two kernels (fusing pays only where the knob search has measured it does)."""
+    return FusedKnobs(split=True, parallel=cores > 1)
+
+
+def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: int, name: str):
+    """``(x, data, offsets, indptr, pw_bias, w, bias, y)``: x ``[N, C_in, H, W]``, the pointwise layer's BSR
+    constants (as :mod:`pointwise`), the depthwise weights ``[C, K·K]`` and bias, y the depthwise output.
+    ``epilogue`` is the depthwise one; the pointwise one is part of the shape."""
+    pw, dw, pw_epi = shape.pointwise, shape.depthwise, shape.pointwise_epilogue
+    N, CI, H, W, C, R = pw.batch, pw.c_in, pw.height, pw.width, pw.c_out, pw.bsr
+    K, S, pt = dw.kernel, dw.stride, dw.pads[0]
+    OH, OW = dw.out_height, dw.out_width
+    band = max(1, min(knobs.band, OH))
+    if knobs.split or not feasible(shape, band) or pw_epi.residual:
+        raise ValueError(f"no fused kernel for {shape} with {knobs}")
+    RW = window(shape, band)
+    PB = RW * W
+    bands = -(-OH // band)
+    rows_pw = pw.block_rows
+    tl = pointwise.tiling(PB, lanes, knobs.vectors)
+    dw_rows = knobs.dw_rows if band % knobs.dw_rows == 0 else 1
+    dw_knobs = spatial.SpatialKnobs(knobs.dw_vectors, dw_rows, 1, False)
+    with prim_func(name) as fn:
+        X = buffer_arg("x", (N, CI, H, W))
+        D = buffer_arg("data", (max(pw.nnz, 1) * R,))
+        O = buffer_arg("offsets", (max(pw.nnz, 1),), "int32")
+        IP = buffer_arg("indptr", (rows_pw + 1,), "int32")
+        BP = buffer_arg("pw_bias", (rows_pw * R,))
+        Wd = buffer_arg("w", (C, K * K))
+        BD = buffer_arg("bias", (C,))
+        Y = buffer_arg("y", (N, C, OH, OW))
+        Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * C * OH * OW), flat(Wd, C * K * K)
+        with T.serial(0, N) as n:
+            with parallel_or_serial(knobs.parallel)(0, bands) as b:
+                scratch = T.alloc_buffer((rows_pw * R * PB,), "float32", scope="global")
+                Ef = flat(scratch, rows_pw * R * PB)
+                s0 = tirx.max(0, tirx.min(b * (band * S) - pt, H - RW))  # first input row of the window
+                tile = pointwise.tile_emitter(pw, pw_epi, tl, PB, 1, D, O, IP, BP, Xf, Ef, None,
+                                              x_base=lambda n_: n_ * (CI * H * W) + s0 * W,
+                                              out_at=lambda n_, row, pixel: row * PB + pixel, guard_rows=False)
+                with T.serial(0, rows_pw) as rb:
+                    with T.serial(0, tl.tiles) as t:
+                        tile(n, rb, t)
+
+                def depthwise(first_row, emit):
+                    em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
+                                         in_row=lambda ci, iy: ci * PB + (iy - first_row) * W,
+                                         out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
+                    with T.serial(0, C) as c:
+                        em.group(c, 1, [c])
+                        emit(em)
+
+                def static_band(index):
+                    lo, hi = index * band, min(OH, index * band + band)
+                    depthwise(max(0, min(index * band * S - pt, H - RW)), lambda em: em.row_range(lo, hi))
+
+                def middle_band(em):
+                    for block in range(band // dw_rows):
+                        em.rows([b * band + block * dw_rows + r for r in range(dw_rows)], list(range(K)))
+
+                if bands == 1:
+                    static_band(0)
+                else:
+                    with T.If(b == 0):
+                        with T.Then():
+                            static_band(0)
+                        with T.Else():
+                            if bands == 2:
+                                static_band(1)
+                            else:
+                                with T.If(b == bands - 1):
+                                    with T.Then():
+                                        static_band(bands - 1)
+                                    with T.Else():
+                                        depthwise(b * (band * S) - pt, middle_band)
+    return fn.func
