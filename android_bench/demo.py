@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=float, nargs="*", default=[0.7, 0.9],
                    help="extra sparsities pruned post hoc, for the latency curve (default 0.7 0.9)")
     p.add_argument("--trials", type=int, default=0,
-                   help="MetaSchedule trials per dense TVM task (default 0: untuned, fast)")
+                   help="MetaSchedule trials per TVM task our kernels do not cover (default 0; none in a MobileNet)")
     p.add_argument("--repeat", type=int, default=20, help="timing rounds per runtime (default 20)")
     p.add_argument("--emulated", choices=("auto", "yes", "no"), default="auto",
                    help="the emulated ARM device: auto = prepare and use it when this host can (default)")
@@ -156,7 +156,7 @@ def measure_stage(args, sample_nhwc) -> tuple[dict, list[dict], dict]:
                                emulated=args.emulated)
     exported = args.out / "exported"
     cross = shutil.which("aarch64-linux-gnu-g++") is not None
-    print(f"[6/8] TVM builds (dense remainder {'untuned' if not args.trials else f'{args.trials} trials/task'}; "
+    print(f"[6/8] TVM builds (our kernels, knobs measured here; "
           f"aarch64 {'linked with aarch64-linux-gnu-g++' if cross else 'as .tar: no aarch64-linux-gnu-g++'})")
     builds = pipeline.compile_builds(exported / "model.onnx", args.out / "tvm", options, classes=args.classes,
                                      log=print)

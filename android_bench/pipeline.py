@@ -24,7 +24,7 @@ HOST_KEY, ARM_KEY = "local-x86", "qemu-arm64"
 class Options:
     n: int = 4
     probes: tuple[float, ...] = (0.7, 0.9)  # extra sparsities, pruned post hoc, for the latency curve
-    trials: int = 0  # MetaSchedule trials per dense task (0: untuned dense remainder)
+    trials: int = 0  # MetaSchedule trials per task our kernels do not cover
     repeat: int = 20
     warmup: int = 3
     threads: int = 1

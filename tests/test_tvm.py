@@ -279,16 +279,11 @@ def test_pruned_mobilenet_threshold_zero_rewrites_dense_layers_too(pruned_mobile
     assert sidecar["verification"]["passed"]
 
 
-@pytest.mark.parametrize("arch, nchw", [("mobilenet_v1", True), ("mobilenet_v3_small", True), ("mobilenet_v2", False)])
-def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
-    """Every operation of a pruned MobileNet (stem, depthwise, pointwise, squeeze-excite, hard-swish,
-    pooling, classifier) is one of our kernels, and the build reproduces onnxruntime on varying logits."""
-    import collections
-
+def pruned_small_onnx(arch: str, tmp_path, nchw: bool):
+    """(pruned Keras model, its deployable strip, ONNX path) of a small calibrated MobileNet, 1×4 at 0.5."""
     import onexn_tf as ox
     from conftest import calibrate_pruned, small_model, synthetic_batch
     from export import onnx_format
-    from onexn_tf._keras import keras
 
     model = small_model(arch)
     pruned = ox.prune_1xn(model, n=4, sparsity=0.5)
@@ -297,6 +292,19 @@ def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
     deployed, _ = ox.deployable(pruned)
     path = tmp_path / f"{arch}.onnx"
     onnx_format.write(deployed, path, nchw=nchw)
+    return pruned, deployed, path
+
+
+@pytest.mark.parametrize("arch, nchw", [("mobilenet_v1", True), ("mobilenet_v3_small", True), ("mobilenet_v2", False)])
+def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
+    """Every operation of a pruned MobileNet (stem, depthwise, pointwise, squeeze-excite, hard-swish,
+    pooling, classifier) is one of our kernels, and the build reproduces onnxruntime on varying logits."""
+    import collections
+
+    import onexn_tf as ox
+    from onexn_tf._keras import keras
+
+    pruned, deployed, path = pruned_small_onnx(arch, tmp_path, nchw)
     out = tmp_path / f"{arch}.so"
     sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_kernels=False, progress=False),
                                     log=lambda *_: None)
@@ -326,18 +334,9 @@ def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
 def test_pointwise_depthwise_pairs_fused_end_to_end(arch, tmp_path, rng):
     """Every pointwise → depthwise pair of a pruned MobileNet planned as a fused op; with the fused
     kernels forced (not what the knob search chose) the build still reproduces onnxruntime."""
-    import onexn_tf as ox
-    from conftest import calibrate_pruned, small_model, synthetic_batch
-    from export import onnx_format
     from export.tvm import kernels, rewrite
 
-    model = small_model(arch)
-    pruned = ox.prune_1xn(model, n=4, sparsity=0.5)
-    ox.update_masks(pruned)
-    calibrate_pruned(pruned, synthetic_batch(model, 16, seed=3, arch=arch)[0])
-    deployed, _ = ox.deployable(pruned)
-    path = tmp_path / f"{arch}.onnx"
-    onnx_format.write(deployed, path, nchw=True)
+    _, _, path = pruned_small_onnx(arch, tmp_path, nchw=True)
     mod, name, shape, _, _ = compiler.import_onnx(path)
     plan = rewrite.plan(mod, rewrite.Settings(lanes=HOST.vector_lanes()))
     fused = [op for op in plan.ops if op.parts]

@@ -23,14 +23,17 @@ class PlaneShape:
     def pixels(self) -> int:
         return self.height * self.width
 
+    def planes(self) -> tuple:
+        return (self.batch, self.channels, self.height, self.width)
+
+    def constants(self) -> list[tuple]:
+        return []
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolShape(PlaneShape):
     def inputs(self, epilogue: Epilogue) -> list[tuple]:
-        return [(self.batch, self.channels, self.height, self.width)]
-
-    def constants(self) -> list[tuple]:
-        return []
+        return [self.planes()]
 
     def output(self) -> tuple:
         return (self.batch, self.channels, 1, 1)
@@ -39,13 +42,10 @@ class PoolShape(PlaneShape):
 @dataclasses.dataclass(frozen=True)
 class ScaleShape(PlaneShape):
     def inputs(self, epilogue: Epilogue) -> list[tuple]:
-        return [(self.batch, self.channels, self.height, self.width), (self.batch, self.channels, 1, 1)]
-
-    def constants(self) -> list[tuple]:
-        return []
+        return [self.planes(), (self.batch, self.channels, 1, 1)]
 
     def output(self) -> tuple:
-        return (self.batch, self.channels, self.height, self.width)
+        return self.planes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +53,8 @@ class ToNchwShape(PlaneShape):
     def inputs(self, epilogue: Epilogue) -> list[tuple]:
         return [(self.batch, self.height, self.width, self.channels)]
 
-    def constants(self) -> list[tuple]:
-        return []
-
     def output(self) -> tuple:
-        return (self.batch, self.channels, self.height, self.width)
+        return self.planes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +70,15 @@ def default_knobs(shape: PlaneShape, lanes: int, cores: int) -> PlaneKnobs:
     return PlaneKnobs(cores > 1 and shape.batch * shape.channels * shape.pixels > 1 << 15)
 
 
+def _plane_vectors(shape: PlaneShape, lanes: int) -> tuple:
+    """``(N, C, P, V, full)``: planes of P pixels walked in ``full`` vectors of V lanes (then a scalar tail)."""
+    V = lanes if shape.pixels >= lanes else 1
+    return shape.batch, shape.channels, shape.pixels, V, shape.pixels // V
+
+
 def pool(shape: PoolShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, name: str):
     """``(x [N, C, H, W], y [N, C, 1, 1])``: the mean of every plane."""
-    N, C, P = shape.batch, shape.channels, shape.pixels
-    V = lanes if P >= lanes else 1
-    full = P // V
+    N, C, P, V, full = _plane_vectors(shape, lanes)
     with prim_func(name) as fn:
         X = buffer_arg("x", shape.inputs(epilogue)[0])
         Y = buffer_arg("y", shape.output())
@@ -96,9 +97,7 @@ def pool(shape: PoolShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, na
 
 def scale(shape: ScaleShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, name: str):
     """``(x [N, C, H, W], s [N, C, 1, 1], y [N, C, H, W])``: every plane times its channel's scale."""
-    N, C, P = shape.batch, shape.channels, shape.pixels
-    V = lanes if P >= lanes else 1
-    full = P // V
+    N, C, P, V, full = _plane_vectors(shape, lanes)
     with prim_func(name) as fn:
         X, S = (buffer_arg(n, s) for n, s in zip(("x", "s"), shape.inputs(epilogue)))
         Y = buffer_arg("y", shape.output())
@@ -115,9 +114,7 @@ def scale(shape: ScaleShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, 
 def to_nchw(shape: ToNchwShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, name: str):
     """``(x [N, H, W, C], y [N, C, H, W])`` for a few channels: C vector loads cover V pixels, one shuffle
     per channel picks its lanes."""
-    N, C, P = shape.batch, shape.channels, shape.pixels
-    V = lanes if P >= lanes else 1
-    full = P // V
+    N, C, P, V, full = _plane_vectors(shape, lanes)
     with prim_func(name) as fn:
         X = buffer_arg("x", shape.inputs(epilogue)[0])
         Y = buffer_arg("y", shape.output())
