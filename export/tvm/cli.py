@@ -89,7 +89,7 @@ def main(args) -> int:
     layers = sidecar["layers"]
     mean = sum(layer["block_sparsity"] for layer in layers) / len(layers) if layers else 0.0
     print(f"wrote {args.out} ({sidecar['target']['name']}, {sidecar['target']['linker']}): {len(layers)} BSR layers "
-          f"(mean block sparsity {mean:.3f}), {len(sidecar['dense_pointwise'])} pointwise layers dense; "
+          f"(mean block sparsity {mean:.3f}), {len(sidecar['dense_pointwise'])} pointwise layer(s) dense; "
           f"sidecar {compiler.sidecar_path(args.out)}")
     return 0
 

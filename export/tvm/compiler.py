@@ -146,7 +146,7 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     plan = rewrite.plan(mod, settings)
     seconds["import"] = time.time() - t
     log(f"imported {Path(onnx_path).name}: input {name} {list(shape)}; {len(plan.ops)} ops on our kernels, "
-        f"{len(plan.sparse_layers)} of them block-sparse (bsr={options.bsr}), {len(plan.skipped)} layers kept dense "
+        f"{len(plan.sparse_layers)} of them block-sparse (bsr={options.bsr}), {len(plan.skipped)} layer(s) kept dense "
         f"or left to TVM")
 
     t = time.time()
