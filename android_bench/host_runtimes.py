@@ -91,8 +91,11 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
     with 1; and models sharing a process share its allocator and caches unevenly. Here every model
     runs in its own process; in a round each process in turn (the order rotating) runs ``warmup`` +
-    ``number`` inferences while the others wait on a pipe, with a ``pause_s`` between processes for
-    their spinning threads to park. With ``outputs``, returns ``(samples, {name: output})``."""
+    ``number`` inferences while the others wait on a pipe. The next process starts only once the last
+    one has gone idle (:func:`wait_until_idle`, at least ``pause_s``): TVM's pool workers call
+    ``sched_yield`` 300,000 times before they sleep, up to ~0.3 s of a core after every turn, which
+    made onnxruntime at 2 threads measure 3.5× slower than alone. With ``outputs``, returns
+    ``(samples, {name: output})``."""
     import json
     import subprocess
     import sys
@@ -123,6 +126,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                     workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
                     samples[name].extend(_reply(workers[name], name)[name])
                     time.sleep(pause_s)
+                    wait_until_idle(workers[name].pid)
             got = {}
             if outputs:
                 for index, (name, proc) in enumerate(workers.items()):
@@ -137,6 +141,29 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                     proc.stdin.close()
                     proc.wait(timeout=30)
     return (samples, got) if outputs else samples
+
+
+def wait_until_idle(pid: int, *, window_s: float = 0.05, timeout_s: float = 3.0) -> float:
+    """Wait until process ``pid`` uses (almost) no CPU over ``window_s``; the seconds waited.
+
+    CPU times come in clock ticks (10 ms on Linux), so "idle" is at most one tick gained in the window:
+    a thread still spinning would gain ``window_s`` worth. Gives up after ``timeout_s`` (a process
+    that never idles should not hang a benchmark), or at once when the process is gone."""
+    import psutil
+
+    started = time.perf_counter()
+    try:
+        process = psutil.Process(pid)
+        before = sum(process.cpu_times()[:2])
+        while time.perf_counter() - started < timeout_s:
+            time.sleep(window_s)
+            now = sum(process.cpu_times()[:2])
+            if now - before <= 0.0105:
+                break
+            before = now
+    except psutil.Error:
+        pass
+    return time.perf_counter() - started
 
 
 def _reply(proc, name):

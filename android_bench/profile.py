@@ -18,11 +18,41 @@ VM_CALLS = "vm"  # the group of the VM's own built-ins (allocation, shape checks
 _TRIVIAL = ("vm.builtin.null_value", "vm.builtin.check_tensor_info", "vm.builtin.match_shape")
 
 
+FUSED = "pointwise+depthwise"  # one call computing a pointwise conv and the depthwise conv it feeds
+_ROLE_GROUPS = {"pointwise_dense": "pointwise", "conv": "stem", "gemv": "classifier", "gemv_dense": "classifier",
+                "to_nchw": "rest", "view": "rest", "pool": "rest", "scale": "rest"}
+
+
 def role_groups(sidecar: dict) -> dict:
-    """Kernel name -> group (pointwise, depthwise, stem, pool, classifier, scale, …) from a build's sidecar."""
-    names = {"pointwise_dense": "pointwise", "conv": "stem", "gemv": "classifier", "gemv_dense": "classifier",
-             "to_nchw": "rest", "view": "rest", "pool": "rest", "scale": "rest"}
-    return {k["name"]: names.get(k["role"], k["role"]) for k in sidecar.get("kernels", [])}
+    """Kernel name -> group (pointwise, depthwise, pointwise+depthwise, stem, classifier, rest) from a
+    build's sidecar, the parts of a fused pair included."""
+    groups = {}
+    for kernel in sidecar.get("kernels", []):
+        groups[kernel["name"]] = _ROLE_GROUPS.get(kernel["role"], kernel["role"])
+        for part in kernel.get("parts", []):  # a pair the knob search kept apart runs as its two parts
+            groups[part["name"]] = _ROLE_GROUPS.get(part["role"], part["role"])
+    return groups
+
+
+def apportion_fused(calls_ms: dict, sidecar: dict) -> dict:
+    """Group -> ms with every fused pointwise → depthwise call split between ``pointwise`` and
+    ``depthwise`` in the ratio of its two parts' own kernel times measured by the knob search (the
+    sidecar's ``parts``): one call cannot be timed in halves, and the question "how much goes to the
+    pointwise convs" still needs an answer. Calls the sidecar does not know are the VM's or ``rest``."""
+    groups, kernels = role_groups(sidecar), {k["name"]: k for k in sidecar.get("kernels", [])}
+    split: dict = collections.defaultdict(float)
+    for symbol, ms in calls_ms.items():
+        group = groups.get(symbol, VM_CALLS if symbol.startswith("vm.") else "rest")
+        parts: dict = collections.defaultdict(float)
+        for part in kernels.get(symbol, {}).get("parts", []):
+            parts[_ROLE_GROUPS.get(part["role"], part["role"])] += part.get("kernel_ms") or 0.0
+        total = sum(parts.values())
+        if group == FUSED and total > 0:
+            for role, part_ms in parts.items():
+                split[role] += ms * part_ms / total
+        else:
+            split[group] += ms
+    return dict(split)
 
 
 def profile(library, sidecar: dict, x: np.ndarray, *, rounds: int = 20, warmup: int = 5) -> dict:

@@ -264,6 +264,9 @@ def profile_child(args):
 
 
 def profile_all(args):
+    from android_bench import profile
+    from export.tvm import compiler
+
     manifest = json.loads((args.out / "manifest.json").read_text())
     profiles = []
     for name in args.models:
@@ -282,17 +285,21 @@ def profile_all(args):
                 cmd = [sys.executable, __file__, "--out", str(args.out), "--profile-time", f"{library}|{entry['onnx']}"]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                result.pop("calls_ms")
+                sidecar = json.loads(compiler.sidecar_path(Path(library)).read_text())
+                result["apportioned_ms"] = profile.apportion_fused(result.pop("calls_ms"), sidecar)
                 profiles.append({"model": name, "threads": threads, "build": label, "sparsity": p, **result})
     (args.out / "profile.json").write_text(json.dumps(profiles, indent=2))
-    print(f"\n{'model':18} {'thr':>3} {'build':9} {'p':>4} {'e2e ms':>7} {'pointwise':>10} {'depthwise':>10} "
-          f"{'rest':>7} {'overhead':>9} {'e2e/kernels':>11}")
+    print("\nshare of end-to-end time; a fused pointwise -> depthwise call is split between the two in the ratio of "
+          "its parts' own kernel times (its whole share in 'fused')")
+    print(f"{'model':18} {'thr':>3} {'build':9} {'p':>4} {'e2e ms':>7} {'pointwise':>10} {'depthwise':>10} "
+          f"{'rest':>7} {'overhead':>9} {'fused':>6} {'e2e/kernels':>11}")
     for r in profiles:
-        g = r["groups_ms"]
-        rest = sum(ms for k, ms in g.items() if k not in ("pointwise", "depthwise", "vm"))
+        a = r["apportioned_ms"]
+        rest = sum(ms for k, ms in a.items() if k not in ("pointwise", "depthwise", profile.VM_CALLS))
         print(f"{r['model']:18} {r['threads']:>3} {r['build']:9} {r['sparsity']:>4} {r['end_to_end_ms']:>7.3f} "
-              f"{_share(g.get('pointwise', 0), r):>10} {_share(g.get('depthwise', 0), r):>10} {_share(rest, r):>7} "
-              f"{_share(r['overhead_ms'], r):>9} {r['end_to_end_ms'] / r['kernels_ms']:>11.3f}")
+              f"{_share(a.get('pointwise', 0), r):>10} {_share(a.get('depthwise', 0), r):>10} {_share(rest, r):>7} "
+              f"{_share(r['overhead_ms'], r):>9} {_share(r['groups_ms'].get(profile.FUSED, 0), r):>6} "
+              f"{r['end_to_end_ms'] / r['kernels_ms']:>11.3f}")
     return profiles
 
 
