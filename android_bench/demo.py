@@ -83,7 +83,7 @@ def _train_args(args, job: str, *extra: str):
     common = ["--arch", args.arch, "--alpha", str(args.alpha), "--input-size", str(args.image_size),
               "--dataset", "folder", "--data-dir", str(args.out / "data"), "--train-batch-size",
               str(args.batch_size), "--eval-batch-size", "64", "--warmup-epochs", "0", "--lr-policy", "fixed",
-              "--bn-momentum", "0.9", "--seed", str(args.seed), "--job-dir", str(args.out / job)]
+              "--seed", str(args.seed), "--job-dir", str(args.out / job)]
     return train.build_parser().parse_args(common + list(extra))
 
 

@@ -15,12 +15,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _SUBMODULES = ("channels", "cloning", "deploy", "files", "inspect", "masks", "models", "rearrange", "schedules",
-               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs")
+               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs", "batchnorm")
 _NAMES = {
     "MaskSpec": "masks", "compute_mask": "masks",
     "Prune1xN": "pruning", "PruningSummaries": "pruning", "UpdatePruningStep": "pruning", "layer_masks": "pruning",
     "permutations": "pruning", "prune_1xn": "pruning", "pruning_wrappers": "pruning", "strip": "pruning",
     "update_masks": "pruning", "deployable": "deploy",
+    "RecalibrateBatchNorm": "batchnorm", "recalibrate_batchnorm": "batchnorm",
     "ConstantSparsity": "schedules", "OneShotSparsity": "schedules", "PolynomialDecay": "schedules",
 }
 

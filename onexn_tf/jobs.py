@@ -18,7 +18,7 @@ import types
 from pathlib import Path
 
 import onexn_tf
-from onexn_tf import models
+from onexn_tf import batchnorm, models
 from onexn_tf._keras import keras
 from onexn_tf.errors import InvalidArgument
 
@@ -110,14 +110,21 @@ def make_schedule(settings, steps_per_epoch: int):
                                     end_step=max(2, end_epoch * steps_per_epoch), frequency=settings.pruning_frequency)
 
 
-def build_model(settings, classes: int, steps_per_epoch: int):
-    """The job's model before compilation: the starting model, its BatchNorm momentum, the mixed-precision
-    output, and the pruning wrappers."""
-    model = load_pretrained(settings, classes)
+def bn_momentum(settings, steps_per_epoch: int) -> dict:
+    """The BatchNorm momentum a job trains with and where it came from (recorded in config/results):
+    ``--bn-momentum``, else one chosen from the run's length (a model's own lower momentum is kept)."""
     if settings.bn_momentum is not None:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = settings.bn_momentum
+        return {"value": settings.bn_momentum, "source": "--bn-momentum"}
+    return {"value": batchnorm.run_length_momentum(steps_per_epoch, settings.epochs),
+            "source": f"run length ({steps_per_epoch} steps per epoch, {settings.epochs} epochs; at most the model's own)"}
+
+
+def build_model(settings, classes: int, steps_per_epoch: int):
+    """The job's model before compilation: the starting model, its BatchNorm momentum (``--bn-momentum``,
+    else :func:`batchnorm.run_length_momentum`), the mixed-precision output, and the pruning wrappers."""
+    model = load_pretrained(settings, classes)
+    momentum = bn_momentum(settings, steps_per_epoch)
+    batchnorm.set_momentum(model, momentum["value"], only_lower=momentum["source"] != "--bn-momentum")
     if settings.mixed_precision:  # a float32 softmax output, as Keras' mixed-precision guide asks
         model = keras.Model(model.inputs, keras.layers.Activation("linear", dtype="float32", name="output_float32")(
             model.outputs[0]), name=model.name)

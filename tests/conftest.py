@@ -140,3 +140,12 @@ def calibrate_pruned(pruned, x, seed: int = 0):
         wrapper.pruning_step.assign(max(1, int(wrapper.pruning_step.numpy())))  # past the one-shot step
     calibrate_batchnorm(pruned, x, seed=seed)
     return pruned
+
+
+def gratings_folder(tmp_path_factory, *, train: int, val: int, name: str = "data"):
+    """The demo's 4-class gratings (40 px) as a split image folder, for the training tests."""
+    from training.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp(name)
+    write_dataset(root, classes=4, size=40, train=train, val=val)
+    return root

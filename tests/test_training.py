@@ -15,10 +15,10 @@ import pytest
 import onexn_tf
 from onexn_tf import masks, rearrange
 from onexn_tf._keras import keras, tf
-from training import data, recipe
+from training import data, recipe, transforms
 from training.metrics import topk_hits
 from training.synthetic import write_dataset
-from conftest import assert_exact_1xn
+from conftest import assert_exact_1xn, gratings_folder
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -28,9 +28,7 @@ SMALL = ["--arch", "mobilenet_v1", "--alpha", "0.25", "--input-size", "32", "--d
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_dataset(root, classes=4, size=40, train=64, val=32)
-    return root
+    return gratings_folder(tmp_path_factory, train=64, val=32)
 
 
 @pytest.fixture(scope="module")
@@ -219,12 +217,12 @@ def test_torch_sgd_matches_pytorch_update_rule():
 
 def test_transforms_and_pipeline():
     image = tf.constant(np.random.default_rng(0).integers(0, 255, (50, 80, 3)), tf.uint8)
-    crop = data.eval_transform(image, 32)
+    crop = transforms.eval_transform(image, 32)
     assert crop.shape == (32, 32, 3)
     # Shorter side 50 -> 37 (= round(32·256/224)), longer 80 -> 59; the crop is the centre.
     resized = tf.image.resize(image, (37, 59), antialias=True)
     np.testing.assert_allclose(crop.numpy(), resized.numpy()[2:34, 13:45], atol=1e-4)
-    assert data.train_transform(image, 24).shape == (24, 24, 3)
+    assert transforms.train_transform(image, 24).shape == (24, 24, 3)
     ds = tf.data.Dataset.from_tensor_slices((tf.stack([image] * 5), tf.constant([0, 1, 2, 1, 0])))
     batches = list(data.pipeline(ds, size=16, training=True, batch_size=2, preprocess=lambda x: x / 255.0,
                                  num_classes=3, examples=5))

@@ -1,6 +1,7 @@
-"""Input pipelines: tensorflow-datasets by name or an image folder, with the reference's transforms.
+"""Input pipelines: tensorflow-datasets by name, an image folder with split folders, or one
+class-per-folder tree split by ``val_fraction``.
 
-Train: random resized crop (area 8–100 %, aspect 3/4–4/3) + horizontal flip. Eval: resize the
+Train: the chosen augmentation (``transforms``; the reference's by default). Eval: resize the
 shorter side to size·256/224, centre crop. Then the architecture's own preprocessing (Keras
 MobileNets: V1/V2 scale to [-1, 1], V3 rescales inside the model) and one-hot labels (label
 smoothing needs them). ``tf.data`` with parallel maps, optional caching, prefetch.
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from onexn_tf._keras import tf
 from onexn_tf.cli import UsageError
+from training import transforms
+from training.transforms import Augmentation
 
 AUTOTUNE = tf.data.AUTOTUNE
-_EVAL_RESIZE = 256 / 224
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 _CACHE_LIMIT_BYTES = 1 << 30  # "auto" caches a split whose decoded, cropped images fit in 1 GiB
 
@@ -32,27 +35,6 @@ class Splits:
     class_names: list[str]
 
 
-def train_transform(image, size: int, seed=None):
-    """The reference's RandomResizedCrop(size, scale=(0.08, 1)) + RandomHorizontalFlip."""
-    shape = tf.shape(image)
-    box = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-    begin, extent, _ = tf.image.sample_distorted_bounding_box(
-        shape, bounding_boxes=box, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-        max_attempts=10, use_image_if_no_bounding_boxes=True, seed=seed)
-    crop = tf.slice(image, begin, extent)
-    crop = tf.image.resize(crop, (size, size), method="bilinear", antialias=True)
-    return tf.image.random_flip_left_right(crop, seed=seed)
-
-
-def eval_transform(image, size: int):
-    """Resize the shorter side to round(size·256/224), then centre-crop size×size."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = round(size * _EVAL_RESIZE) / tf.reduce_min(shape)
-    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method="bilinear",
-                              antialias=True)
-    return tf.image.resize_with_crop_or_pad(resized, size, size)
-
-
 def _decoded(image):
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3 and image.shape[-1] == 1:
@@ -61,19 +43,22 @@ def _decoded(image):
 
 
 def pipeline(ds: tf.data.Dataset, *, size: int, training: bool, batch_size: int, preprocess, num_classes: int,
-             examples: int, cache: str = "auto", seed: int = 0) -> tf.data.Dataset:
+             examples: int, cache: str = "auto", seed: int = 0,
+             augmentation: Augmentation | None = None) -> tf.data.Dataset:
     """(image uint8 HxWx3, label) pairs -> batches of (preprocessed float32 images, one-hot labels)."""
+    augmentation = augmentation or transforms.augmentation("reference")
     ds = ds.map(lambda image, label: (_decoded(image), label), num_parallel_calls=AUTOTUNE)
     fits = examples * size * size * 3 * (4 if training else 1) <= _CACHE_LIMIT_BYTES
     if training:
         if cache == "memory" or (cache == "auto" and fits):
             # Decoded originals of a small set, resized once so the cache stays small; crops stay random.
-            ds = ds.map(lambda image, label: (tf.cast(eval_transform(image, 2 * size), tf.uint8), label),
+            ds = ds.map(lambda image, label: (tf.cast(transforms.resize_shorter(image, 2 * size), tf.uint8), label),
                         num_parallel_calls=AUTOTUNE).cache()
         ds = ds.shuffle(min(examples, 10_000), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda image, label: (train_transform(image, size), label), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda image, label: (transforms.train_transform(image, size, augmentation), label),
+                    num_parallel_calls=AUTOTUNE)
     else:
-        ds = ds.map(lambda image, label: (eval_transform(image, size), label), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda image, label: (transforms.eval_transform(image, size), label), num_parallel_calls=AUTOTUNE)
         if cache == "memory" or (cache == "auto" and fits):
             ds = ds.cache()
     ds = ds.map(lambda image, label: (preprocess(tf.cast(image, tf.float32)),
@@ -136,10 +121,65 @@ def _split(builder, wanted: str | None, fallbacks: tuple[str, ...], what: str) -
                      f"available splits are {available}")
 
 
+def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
+    """A class-per-folder tree (ROOT/<class>/<image>) split into (train, val) lists of (path, label).
+
+    Per class, the ``fraction`` of its images whose file-name hash ranks lowest go to validation (at
+    least one; at least one stays for training): the split is the same on every machine and run,
+    needs no seed, and an image added later does not move the others across the split.
+    """
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-fraction={fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
+    if not root.is_dir():
+        raise UsageError(f"--data-dir {root} is not a directory")
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UsageError(f"--data-dir {root} has no class folders; --val-fraction reads DATA_DIR/<class>/<image>")
+    train, val = [], []
+    for label, folder in enumerate(classes):
+        images = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES)
+        if not images:
+            nested = any(c.is_dir() for c in folder.iterdir())
+            hint = " (it holds folders: for DATA_DIR/<split>/<class>/<image> drop --val-fraction)" if nested else ""
+            raise UsageError(f"class folder {folder} holds no images (jpg, png, bmp, gif){hint}")
+        if len(images) < 2:
+            raise UsageError(f"class folder {folder} holds 1 image: --val-fraction needs at least 2 per class")
+        count = min(len(images) - 1, max(1, round(fraction * len(images))))
+        ranked = sorted(images, key=lambda f: (zlib.crc32(f.name.encode()), f.name))
+        val += [(str(f), label) for f in sorted(ranked[:count])]
+        train += [(str(f), label) for f in sorted(ranked[count:])]
+    return train, val, [c.name for c in classes]
+
+
+def _decode_file(path):
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def _file_dataset(items: list[tuple[str, int]]) -> tf.data.Dataset:
+    paths, labels = zip(*items)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.array(labels, np.int64)))
+    return ds.map(lambda path, label: (_decode_file(path), label), num_parallel_calls=AUTOTUNE)
+
+
 def load(*, dataset: str, data_dir=None, manual_dir=None, train_split=None, val_split=None, size: int,
          batch_size: int, eval_batch_size: int | None = None, preprocess, cache: str = "auto", seed: int = 0,
-         need_train: bool = True) -> Splits:
-    """Train and validation pipelines for ``dataset`` ("folder" = an image folder at ``data_dir``)."""
+         need_train: bool = True, augmentation: Augmentation | None = None,
+         val_fraction: float | None = None) -> Splits:
+    """Train and validation pipelines for ``dataset`` ("folder" = an image folder at ``data_dir``;
+    with ``val_fraction``, one class-per-folder tree split deterministically)."""
+    def make(raw, training, examples, num_classes):
+        return pipeline(raw, size=size, training=training, batch_size=batch_size if training else
+                        (eval_batch_size or batch_size), preprocess=preprocess, num_classes=num_classes,
+                        examples=examples, cache=cache, seed=seed, augmentation=augmentation)
+
+    if val_fraction is not None:
+        if dataset != "folder" or not data_dir:
+            raise UsageError("--val-fraction needs --dataset folder and --data-dir DATA_DIR (DATA_DIR/<class>/<image>)")
+        train_items, val_items, names = split_by_fraction(Path(data_dir), val_fraction)
+        val = make(_file_dataset(val_items), False, len(val_items), len(names))
+        train = make(_file_dataset(train_items), True, len(train_items), len(names)) if need_train else None
+        return Splits(train, val, len(names), len(train_items) if need_train else 0, len(val_items), names)
+
     if dataset == "folder":
         if not data_dir:
             raise UsageError("--dataset folder needs --data-dir DATA_DIR (DATA_DIR/<split>/<class>/<image>)")
@@ -159,14 +199,12 @@ def load(*, dataset: str, data_dir=None, manual_dir=None, train_split=None, val_
         return ds, int(builder.info.splits[name].num_examples)
 
     val_raw, val_examples = split_ds(val_name, False)
-    val = pipeline(val_raw, size=size, training=False, batch_size=eval_batch_size or batch_size,
-                   preprocess=preprocess, num_classes=num_classes, examples=val_examples, cache=cache, seed=seed)
+    val = make(val_raw, False, val_examples, num_classes)
     train, train_examples = None, 0
     if need_train:
         train_name = _split(builder, train_split, ("train",), "training")
         train_raw, train_examples = split_ds(train_name, True)
-        train = pipeline(train_raw, size=size, training=True, batch_size=batch_size, preprocess=preprocess,
-                         num_classes=num_classes, examples=train_examples, cache=cache, seed=seed)
+        train = make(train_raw, True, train_examples, num_classes)
     names = list(label.names) if hasattr(label, "names") else [str(i) for i in range(num_classes)]
     return Splits(train, val, num_classes, train_examples, val_examples, names)
 

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="image folder root or tfds data_dir (default: the job's)")
     p.add_argument("--manual-dir")
     p.add_argument("--split", default=None, help="default: validation, val or test")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="DATA_DIR is one DATA_DIR/<class>/<image> tree: evaluate the held-out fraction F, "
+                        "the same images onexn-train --val-fraction F held out (default: the job's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", type=Path, help="also write the result here")
     return p
@@ -64,15 +67,19 @@ def main(args) -> int:
     dataset = args.dataset or job.get("dataset")
     if not dataset:
         raise cli.UsageError("--dataset is required unless MODEL is a job dir")
+    val_fraction = args.val_fraction if args.val_fraction is not None else job.get("val_fraction")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise cli.UsageError(f"--val-fraction={val_fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
     model = load_model(args.model)
     size = args.input_size or model.input_shape[1]
     splits = data.load(dataset=dataset, data_dir=args.data_dir or job.get("data_dir"),
                        manual_dir=args.manual_dir or job.get("manual_dir"), val_split=args.split or job.get("val_split"),
                        size=size, batch_size=args.batch_size, preprocess=models.preprocess_input(arch),
-                       cache="none", need_train=False)
+                       cache="none", need_train=False, val_fraction=val_fraction)
     if model.output_shape[-1] != splits.num_classes:
         raise cli.UsageError(f"the model predicts {model.output_shape[-1]} classes; the dataset has {splits.num_classes}")
     result = {"model": str(args.model), "arch": arch, "input_size": size, "dataset": dataset,
+              "val_fraction": val_fraction,
               "pruned_layers": len(onexn_tf.pruning_wrappers(model)), **evaluate(model, splits.val)}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import onexn_tf
-from onexn_tf import cli, files, inspect, jobs, masks, models, provenance, rearrange
+from onexn_tf import batchnorm, cli, files, inspect, jobs, masks, models, provenance, rearrange
 from onexn_tf._keras import keras, tf
-from training import data, distribute, recipe
+from training import data, distribute, recipe, transforms
 
 CRITERIA = onexn_tf.masks.CRITERIA + ("dense",)
 
@@ -45,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--manual-dir", help="tfds manual_dir (where imagenet2012's tar files are)")
     g.add_argument("--train-split", default=None, help="default: train")
     g.add_argument("--val-split", default=None, help="default: validation, val or test")
+    g.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="DATA_DIR is one class-per-folder tree (DATA_DIR/<class>/<image>): hold out this "
+                        "fraction of each class for validation (a fixed split by file name)")
     g.add_argument("--cache", default="auto", choices=("auto", "memory", "none"))
+    g.add_argument("--augment", default="reference", choices=transforms.MODES,
+                   help="training augmentation: reference = random resized crops of 8-100%% of the area + "
+                        "flips (ImageNet's); light = crops of 64-100%%, no flip; none = resize + centre crop")
+    g.add_argument("--crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="random-crop area range, fractions of the image (default: the --augment mode's)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on for reference, off for light and none)")
     g = p.add_argument_group("pruning")
     g.add_argument("--pr-target", type=float, default=0.5, help="per-layer pruning rate p")
     g.add_argument("--N", dest="n", type=int, default=4, help="block height (output channels per block)")
@@ -77,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.0)
     g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     g.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm moving-average momentum "
-                   "(default: the model's; Keras MobileNets use 0.999, suited to ImageNet-length runs)")
+                   "(default: from the run's length, so the averages forget their start within two epochs: "
+                   "0.999 as in Keras' MobileNets for ImageNet-length epochs, down to 0.9 for small datasets)")
+    g.add_argument("--bn-recalibration", type=int, default=20, metavar="BATCHES",
+                   help="after one-shot pruning, re-estimate the BatchNorm statistics over this many "
+                        "training batches before the first evaluation (0: off)")
     g = p.add_argument_group("job")
     g.add_argument("--job-dir", type=Path, required=True)
     g.add_argument("--resume", action="store_true", help="continue an interrupted job in --job-dir")
@@ -100,6 +114,14 @@ def check_args(args) -> None:
     masks.check_sparsity(args.pr_target, "--pr-target")
     if args.bn_momentum is not None and not 0 <= args.bn_momentum < 1:
         raise cli.UsageError(f"--bn-momentum={args.bn_momentum} is not allowed: it must be in [0, 1)")
+    if args.bn_recalibration < 0:
+        raise cli.UsageError(f"--bn-recalibration={args.bn_recalibration} is not allowed: it must be >= 0")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise cli.UsageError(f"--val-fraction={args.val_fraction:g} is not allowed: it must be between 0 and 1 "
+                             "(exclusive)")
+    if args.val_fraction is not None and args.dataset != "folder":
+        raise cli.UsageError("--val-fraction needs --dataset folder (one DATA_DIR/<class>/<image> tree)")
+    augmentation_of(args)
     if not 0 <= args.label_smoothing < 1:
         raise cli.UsageError(f"--label-smoothing={args.label_smoothing} is not allowed: it must be in [0, 1)")
     if args.lr <= 0 or args.alpha <= 0:
@@ -115,6 +137,14 @@ def check_args(args) -> None:
     if not args.resume and (finished or backup):
         raise cli.UsageError(f"--job-dir {job} already holds a {'finished' if finished else 'started'} run: "
                              "pass --resume to continue it, or choose another --job-dir")
+
+
+def augmentation_of(args) -> transforms.Augmentation:
+    return transforms.augmentation(args.augment, args.crop_scale, args.hflip)
+
+
+def recalibrates(args) -> bool:
+    return args.criterion != "dense" and args.schedule == "oneshot" and args.bn_recalibration > 0
 
 
 def build_training_model(args, classes: int, steps_per_epoch: int):
@@ -174,11 +204,14 @@ def run_job(args) -> dict:
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     preprocess = models.preprocess_input(args.arch)
+    augmentation = augmentation_of(args)
     splits = data.load(dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                        train_split=args.train_split, val_split=args.val_split, size=args.input_size,
                        batch_size=args.train_batch_size, eval_batch_size=args.eval_batch_size,
-                       preprocess=preprocess, cache=args.cache, seed=args.seed)
+                       preprocess=preprocess, cache=args.cache, seed=args.seed, augmentation=augmentation,
+                       val_fraction=args.val_fraction)
     steps_per_epoch = data.steps(splits.train_examples, args.train_batch_size)
+    momentum = jobs.bn_momentum(args, steps_per_epoch)
     with strategy.scope():
         model = build_training_model(args, splits.num_classes, steps_per_epoch)
     job = args.job_dir  # nothing is written before the data and the pruned model are known to be valid
@@ -186,7 +219,8 @@ def run_job(args) -> dict:
     if chief:
         (job / "checkpoints").mkdir(parents=True, exist_ok=True)
         files.write_json(job / jobs.CONFIG, {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                               "num_classes": splits.num_classes, "steps_per_epoch": steps_per_epoch})
+                                               "num_classes": splits.num_classes, "steps_per_epoch": steps_per_epoch,
+                                               "augmentation": augmentation.to_dict(), "bn_momentum_used": momentum})
 
     history = read_log(job / "log.csv")
     best_so_far = max((row.get("val_top1", -1.0) for row in history), default=None)
@@ -195,6 +229,11 @@ def run_job(args) -> dict:
     callbacks = [keras.callbacks.BackupAndRestore(str(job / "backup")), EpochExtras()]
     if args.criterion != "dense":
         callbacks.append(onexn_tf.UpdatePruningStep())
+    recalibration = None
+    if recalibrates(args):
+        recalibration = batchnorm.RecalibrateBatchNorm(splits.train, args.bn_recalibration,
+                                                       log=print if chief else None)
+        callbacks.append(recalibration)
     if chief:
         summaries = onexn_tf.PruningSummaries if args.criterion != "dense" else keras.callbacks.TensorBoard
         callbacks.append(summaries(log_dir=str(job / "tensorboard")))
@@ -219,6 +258,11 @@ def run_job(args) -> dict:
         "val_examples": splits.val_examples, "n": args.n, "criterion": args.criterion,
         "pr_target": args.pr_target if args.criterion != "dense" else 0.0, "rearrange": args.rearrange,
         "partial": args.partial, "full": args.full, "schedule": args.schedule,
+        "augmentation": augmentation.to_dict(), "val_fraction": args.val_fraction,
+        "bn_momentum": momentum,
+        # used: batches of this invocation's pass (None: the job resumed after its first epoch's pass)
+        "bn_recalibration": {"batches": args.bn_recalibration if recalibrates(args) else 0,
+                             "used": recalibration.used if recalibration else None},
         "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
         "epochs": [{"epoch": row["epoch"], "top1": row.get("val_top1"), "top5": row.get("val_top5"),
                     "loss": row.get("loss"), "val_loss": row.get("val_loss"), "train_top1": row.get("top1"),
