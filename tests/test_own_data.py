@@ -1,6 +1,7 @@
 """Training on a user's own data: the augmentation modes, the BatchNorm momentum chosen from the run's
 length with re-estimation after one-shot pruning, and --val-fraction splits."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -219,3 +220,48 @@ def test_train_and_eval_on_a_val_fraction_tree(tmp_path):
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["examples"] == 9 and evaluated["val_fraction"] == 0.25
     assert evaluated["top1"] == pytest.approx(results["best"]["top1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one_class", "has 1 class folder (a): classification needs at least 2"),
+    ("classes_differ", "the split folders hold different classes (val/ lacks c)"),
+    ("one_class_tree", "has 1 class folder (only): classification needs at least 2"),
+])
+def test_data_a_classifier_cannot_be_scored_on_is_refused(case, message, tmp_path):
+    """One class trains to a meaningless "100 %"; splits naming different classes would be re-indexed."""
+    images, _ = make_images(2, classes=2, size=16, seed=0)
+    layout = {"one_class": ["train/a", "val/a"], "classes_differ": ["train/a", "train/b", "train/c", "val/a", "val/b"],
+              "one_class_tree": ["only"]}[case]
+    for folder in layout:
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for k, image in enumerate(images):
+            tf.io.write_file(str(tmp_path / "data" / folder / f"{k}.png"), tf.io.encode_png(image))
+    extra = ["--val-fraction", "0.5"] if case == "one_class_tree" else []
+    with pytest.raises(data.UsageError, match=re.escape(message)):
+        train.run_job(train.build_parser().parse_args([*SMALL, "--data-dir", str(tmp_path / "data"), *extra,
+                                                       "--epochs", "1", "--job-dir", str(tmp_path / "job")]))
+    assert not (tmp_path / "job" / "config.json").exists()
+
+
+def test_config_paths_are_absolute_so_the_job_reads_from_anywhere(demo_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(demo_data.parent)
+    job = tmp_path / "job"
+    train.run_job(train.build_parser().parse_args([*SMALL, "--data-dir", demo_data.name, "--criterion", "dense",
+                                                   "--epochs", "1", "--lr", "0.05", "--job-dir", str(job)]))
+    config = json.loads((job / "config.json").read_text())
+    assert config["data_dir"] == str(demo_data.resolve()) and Path(config["job_dir"]).is_absolute()
+    proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(job)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=ENV)  # another working directory
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["examples"] == 128
+
+
+def test_a_finished_job_gets_one_answer_with_or_without_resume(demo_data, tmp_path):
+    job = tmp_path / "job"
+    argv = [*SMALL, "--data-dir", str(demo_data), "--criterion", "dense", "--epochs", "1", "--job-dir", str(job)]
+    train.run_job(train.build_parser().parse_args(argv))
+    for extra in ([], ["--resume"]):
+        with pytest.raises(data.UsageError, match="holds a finished run \\(results.json\\): nothing to resume"):
+            train.run_job(train.build_parser().parse_args(argv + extra))
+    with pytest.raises(data.UsageError, match="^--lr=-1 is not allowed: it must be positive$"):
+        train.run_job(train.build_parser().parse_args(argv + ["--lr", "-1"]))

@@ -79,11 +79,28 @@ def _check_folder(root: Path) -> None:
     if not splits:
         raise UsageError(f"--data-dir {root} has no split folders; expected DATA_DIR/<split>/<class>/<image> "
                          "(e.g. train/ and val/)")
+    classes = {}
     for split_dir in splits:
-        images = [f for c in split_dir.iterdir() if c.is_dir() for f in c.iterdir()
-                  if f.suffix.lower() in _IMAGE_SUFFIXES]
-        if not images:
+        classes[split_dir.name] = sorted(c.name for c in split_dir.iterdir() if c.is_dir() and any(
+            f.suffix.lower() in _IMAGE_SUFFIXES for f in c.iterdir()))
+        if not classes[split_dir.name]:
             raise UsageError(f"{split_dir} holds no images in class subfolders (jpg, png, bmp, gif)")
+    check_classes(root, classes)
+
+
+def check_classes(root: Path, classes: dict[str, list[str]]) -> None:
+    """Refuse data a classifier cannot learn or be scored on: fewer than two classes (100 % top-1 means
+    nothing), or split folders naming different classes (labels would be re-indexed silently)."""
+    names = sorted({name for split in classes.values() for name in split})
+    if len(names) < 2:
+        raise UsageError(f"--data-dir {root} has {len(names)} class folder ({', '.join(names)}): "
+                         "classification needs at least 2")
+    differing = {split: sorted(set(names) - set(split_classes)) for split, split_classes in classes.items()
+                 if set(split_classes) != set(names)}
+    if differing:
+        missing = "; ".join(f"{split}/ lacks {', '.join(lacks)}" for split, lacks in sorted(differing.items()))
+        raise UsageError(f"--data-dir {root}: the split folders hold different classes ({missing}); every "
+                         "split needs the same class folders, or labels would not match across splits")
 
 
 def _folder_builder(root: Path):
@@ -135,6 +152,7 @@ def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UsageError(f"--data-dir {root} has no class folders; --val-fraction reads DATA_DIR/<class>/<image>")
+    check_classes(root, {root.name: [c.name for c in classes]})
     train, val = [], []
     for label, folder in enumerate(classes):
         images = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES)
@@ -192,6 +210,8 @@ def load(*, dataset: str, data_dir=None, manual_dir=None, train_split=None, val_
     if label is None or not hasattr(label, "num_classes"):
         raise UsageError(f"dataset {builder.info.name!r} has no 'label' class feature to classify")
     num_classes = int(label.num_classes)
+    if num_classes < 2:
+        raise UsageError(f"dataset {builder.info.name!r} has {num_classes} class: classification needs at least 2")
 
     def split_ds(name, training):
         ds = builder.as_dataset(split=name, as_supervised=True, shuffle_files=training,

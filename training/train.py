@@ -124,8 +124,9 @@ def check_args(args) -> None:
     augmentation_of(args)
     if not 0 <= args.label_smoothing < 1:
         raise cli.UsageError(f"--label-smoothing={args.label_smoothing} is not allowed: it must be in [0, 1)")
-    if args.lr <= 0 or args.alpha <= 0:
-        raise cli.UsageError(f"--lr={args.lr} and --alpha={args.alpha} must be positive")
+    for name in ("lr", "alpha"):
+        if getattr(args, name) <= 0:
+            raise cli.UsageError(f"--{name}={getattr(args, name):g} is not allowed: it must be positive")
     if args.pretrained_model and args.pretrained_model != "imagenet" and not Path(args.pretrained_model).exists():
         raise cli.UsageError(f"--pretrained-model {args.pretrained_model}: no such file or directory")
     files.check_writable_dir(args.job_dir)
@@ -134,9 +135,22 @@ def check_args(args) -> None:
     backup = jobs.has_backup(job)
     if args.resume and finished and not backup:
         raise cli.UsageError(f"--job-dir {job} holds a finished run (results.json): nothing to resume")
-    if not args.resume and (finished or backup):
-        raise cli.UsageError(f"--job-dir {job} already holds a {'finished' if finished else 'started'} run: "
-                             "pass --resume to continue it, or choose another --job-dir")
+    if not args.resume and backup:
+        raise cli.UsageError(f"--job-dir {job} already holds a started run: pass --resume to continue it, "
+                             "or choose another --job-dir")
+    if not args.resume and finished:  # the same answer as --resume gives: there is nothing to continue
+        raise cli.UsageError(f"--job-dir {job} holds a finished run (results.json): nothing to resume; "
+                             "choose another --job-dir")
+
+
+def config_values(args) -> dict:
+    """The job's options for config.json, with every local path made absolute, so the job dir can be
+    read (onexn-eval, onexn-export) from any working directory."""
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    for key in ("data_dir", "manual_dir", "job_dir", "pretrained_model"):
+        if values.get(key) and values[key] != "imagenet" and "://" not in values[key]:  # not gs://, s3://
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    return values
 
 
 def augmentation_of(args) -> transforms.Augmentation:
@@ -218,7 +232,7 @@ def run_job(args) -> dict:
     chief = distribute.is_chief(strategy)
     if chief:
         (job / "checkpoints").mkdir(parents=True, exist_ok=True)
-        files.write_json(job / jobs.CONFIG, {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        files.write_json(job / jobs.CONFIG, {**config_values(args),
                                                "num_classes": splits.num_classes, "steps_per_epoch": steps_per_epoch,
                                                "augmentation": augmentation.to_dict(), "bn_momentum_used": momentum})
 
