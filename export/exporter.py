@@ -84,7 +84,11 @@ def _sidecar(path: Path) -> Path:
 
 
 def _verify(fmt, path, source, x, reference, options, check_fn) -> dict:
-    outputs, weights = check_fn(path, x)
+    try:
+        outputs, weights = check_fn(path, x)
+    except Exception as error:  # any reader's failure on a damaged artifact: it does not verify
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise VerificationError(f"{path} cannot be loaded and run ({type(error).__name__}: {first})") from None
     check = compare_outputs(reference, outputs, options.rtol)
     matches = match_zero_patterns(source.expected_kernels(), weights, source.spec, source.targets)
     report = {"outputs": dataclasses.asdict(check), "layers_checked": len(matches),

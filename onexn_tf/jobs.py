@@ -76,7 +76,10 @@ def load_pretrained(settings, classes: int):
             raise InvalidArgument(f"--pretrained-model imagenet has 1000 classes; the dataset has {classes}")
         return models.build(settings.arch, alpha=settings.alpha, input_shape=shape, weights="imagenet")
     if source and (Path(source).is_dir() or source.endswith(".keras") or _h5_has_model(source)):
-        model = keras.models.load_model(source, compile=False)
+        try:
+            model = keras.models.load_model(source, compile=False)
+        except Exception as error:  # a damaged or foreign file: Keras raises many kinds here
+            raise InvalidArgument(f"--pretrained-model {source} is not a Keras model ({_first_line(error)})") from None
         if onexn_tf.pruning_wrappers(model):
             model = onexn_tf.strip(model)
         if model.output_shape[-1] != classes:
@@ -85,12 +88,27 @@ def load_pretrained(settings, classes: int):
         return model
     model = models.build(settings.arch, alpha=settings.alpha, input_shape=shape, classes=classes)
     if source:
+        if not (_is_hdf5(source) or Path(f"{source}.index").exists()):
+            raise InvalidArgument(f"--pretrained-model {source} is not a Keras model or weights file: give a .keras, "
+                                  ".h5 or SavedModel path, or a TF checkpoint prefix")
         try:
             model.load_weights(source)
         except (ValueError, OSError) as error:
             raise InvalidArgument(f"--pretrained-model {source} does not fit {settings.arch} alpha={settings.alpha} "
-                                  f"with {classes} classes: {str(error).splitlines()[0][:200]}") from None
+                                  f"with {classes} classes: {_first_line(error)}") from None
+        except Exception as error:  # a damaged checkpoint (the reader's DataLossError, ...)
+            raise InvalidArgument(f"--pretrained-model {source} cannot be read as weights ({_first_line(error)})") from None
     return model
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _is_hdf5(path: str) -> bool:
+    import h5py
+
+    return Path(path).is_file() and h5py.is_hdf5(path)
 
 
 def _h5_has_model(path: str) -> bool:
@@ -98,8 +116,11 @@ def _h5_has_model(path: str) -> bool:
         return False
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return "model_config" in f.attrs
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError as error:
+        raise InvalidArgument(f"--pretrained-model {path} is not an HDF5 file ({_first_line(error)})") from None
 
 
 def make_schedule(settings, steps_per_epoch: int):

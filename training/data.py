@@ -8,6 +8,7 @@ smoothing needs them). ``tf.data`` with parallel maps, optional caching, prefetc
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import zlib
@@ -81,11 +82,56 @@ def _check_folder(root: Path) -> None:
                          "(e.g. train/ and val/)")
     classes = {}
     for split_dir in splits:
-        classes[split_dir.name] = sorted(c.name for c in split_dir.iterdir() if c.is_dir() and any(
-            f.suffix.lower() in _IMAGE_SUFFIXES for f in c.iterdir()))
+        images = {c.name: [f for f in c.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES]
+                  for c in split_dir.iterdir() if c.is_dir()}
+        classes[split_dir.name] = sorted(name for name, found in images.items() if found)
         if not classes[split_dir.name]:
             raise UsageError(f"{split_dir} holds no images in class subfolders (jpg, png, bmp, gif)")
+        check_image_headers([f for found in images.values() for f in found])
     check_classes(root, classes)
+
+
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"BM", b"GIF8")  # PNG, JPEG, BMP, GIF: what decode_image reads
+
+
+def check_image_headers(paths) -> None:
+    """Refuse, before any work, image files that are not images at all (empty, text, another format):
+    their first bytes must be a PNG, JPEG, BMP or GIF signature. (A file damaged further in is found
+    when decoding fails: :func:`find_undecodable`.)"""
+    bad = []
+    for path in paths:
+        with open(path, "rb") as f:
+            if not f.read(8).startswith(_IMAGE_MAGIC):
+                bad.append(path)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UsageError(f"{bad[0]}{more} is not a PNG, JPEG, BMP or GIF image (by its first bytes): "
+                         "remove or replace it")
+
+
+@contextlib.contextmanager
+def naming_bad_images(dataset: str, data_dir):
+    """Turn a decode failure while reading an image folder into one line naming the file."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        bad = find_undecodable(data_dir) if dataset == "folder" and data_dir else None
+        if bad is None:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        raise UsageError(f"{bad} cannot be decoded as an image ({first}): remove or replace it") from None
+
+
+def find_undecodable(root) -> Path | None:
+    """The first image under ``root`` that TensorFlow cannot decode (scanned only after a decode
+    error, to name the file)."""
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
+            try:
+                tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+            except tf.errors.OpError:
+                return path
+    return None
 
 
 def check_classes(root: Path, classes: dict[str, list[str]]) -> None:
@@ -160,6 +206,7 @@ def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]
             nested = any(c.is_dir() for c in folder.iterdir())
             hint = " (it holds folders: for DATA_DIR/<split>/<class>/<image> drop --val-fraction)" if nested else ""
             raise UsageError(f"class folder {folder} holds no images (jpg, png, bmp, gif){hint}")
+        check_image_headers(images)
         if len(images) < 2:
             raise UsageError(f"class folder {folder} holds 1 image: --val-fraction needs at least 2 per class")
         count = min(len(images) - 1, max(1, round(fraction * len(images))))

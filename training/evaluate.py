@@ -60,6 +60,8 @@ def evaluate(model, dataset) -> dict:
 def main(args) -> int:
     if args.batch_size < 1:
         raise cli.UsageError(f"--batch-size={args.batch_size} is not allowed: it must be >= 1")
+    if not args.model.exists():  # before asking for --arch: the path is the first thing wrong
+        raise cli.UsageError(f"{args.model}: no such model file, SavedModel or onexn-train job directory")
     job = jobs.read_config(args.model) if jobs.is_job(args.model) else {}
     arch = args.arch or job.get("arch")
     if not arch:
@@ -71,7 +73,11 @@ def main(args) -> int:
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise cli.UsageError(f"--val-fraction={val_fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
     model = load_model(args.model)
-    size = args.input_size or model.input_shape[1]
+    built_for = model.input_shape[1]
+    if args.input_size and built_for is not None and args.input_size != built_for:
+        raise cli.UsageError(f"--input-size {args.input_size} does not match the model, which takes "
+                             f"{built_for}x{built_for} images (omit --input-size to use it)")
+    size = args.input_size or built_for
     splits = data.load(dataset=dataset, data_dir=args.data_dir or job.get("data_dir"),
                        manual_dir=args.manual_dir or job.get("manual_dir"), val_split=args.split or job.get("val_split"),
                        size=size, batch_size=args.batch_size, preprocess=models.preprocess_input(arch),
@@ -80,7 +86,9 @@ def main(args) -> int:
         raise cli.UsageError(f"the model predicts {model.output_shape[-1]} classes; the dataset has {splits.num_classes}")
     result = {"model": str(args.model), "arch": arch, "input_size": size, "dataset": dataset,
               "val_fraction": val_fraction,
-              "pruned_layers": len(onexn_tf.pruning_wrappers(model)), **evaluate(model, splits.val)}
+              "pruned_layers": len(onexn_tf.pruning_wrappers(model))}
+    with data.naming_bad_images(dataset, args.data_dir or job.get("data_dir")):
+        result.update(evaluate(model, splits.val))
     print(json.dumps(result, indent=2))
     if args.json:
         files.write_json(args.json, result)

@@ -259,12 +259,14 @@ def run_job(args) -> dict:
     if chief:
         callbacks.append(keras.callbacks.CSVLogger(str(job / "log.csv"), append=True))
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    model.fit(splits.train, validation_data=splits.val, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
+    with data.naming_bad_images(args.dataset, args.data_dir):
+        model.fit(splits.train, validation_data=splits.val, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
 
     best_path = job / "checkpoints" / "best"
     if Path(f"{best_path}.index").exists():
         model.load_weights(str(best_path)).expect_partial()
-    final_top1, final_top5 = [float(v) for v in model.evaluate(splits.val, verbose=0)[1:3]]
+    with data.naming_bad_images(args.dataset, args.data_dir):
+        final_top1, final_top5 = [float(v) for v in model.evaluate(splits.val, verbose=0)[1:3]]
     history = read_log(job / "log.csv")
     results = {
         "arch": args.arch, "alpha": args.alpha, "input_size": args.input_size, "dataset": args.dataset,
