@@ -77,6 +77,15 @@ def _check(args):
     for job in ("dense", "pruned"):
         if (args.out / job).exists():
             raise cli.UsageError(f"{args.out / job} exists from an earlier demo: remove {args.out} or choose --out")
+    foreign = sorted(p.name for p in args.out.iterdir() if p.name not in DEMO_NAMES) if args.out.is_dir() else []
+    if foreign:  # never write the demo into a directory that holds something else
+        raise cli.UsageError(f"--out {args.out} holds files the demo does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty --out")
+
+
+# What the demo writes into --out (its data may be reused by a rerun into the same directory).
+DEMO_NAMES = {"data", "dense", "pruned", "deployed_model.keras", "permutation.json", "exported", "tvm", "bench",
+              "report.json", "report.md", "latency_vs_sparsity.png", "layer_sparsity.png"}
 
 
 def _train_args(args, job: str, *extra: str):

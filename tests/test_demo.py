@@ -128,3 +128,15 @@ def test_demo_unwritable_output(tmp_path):
     blocker.write_text("not a directory")
     proc = run_demo("--out", str(blocker), timeout=120)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_refuses_a_directory_that_holds_something_else(tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("unrelated work")
+    proc = run_demo("--out", str(out), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("onexn-demo: ")]
+    assert ours == [f"onexn-demo: error: --out {out} holds files the demo does not write (chapter1.tex): "
+                    "choose a new or empty --out"], proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["chapter1.tex"]

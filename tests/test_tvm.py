@@ -438,3 +438,11 @@ def test_cli_compiles_and_prints_a_summary(small_onnx, tmp_path, capsys):
     assert cli.run([str(small_onnx), "--out", str(out), "--quiet", "--no-tune-kernels"]) == 0
     assert "1 BSR layers" in capsys.readouterr().out
     assert out.exists() and compiler.sidecar_path(out).exists()
+    before = out.read_bytes()
+    # A finished library is never replaced without --force (refused before any work) ...
+    assert cli.run([str(small_onnx), "--out", str(out), "--quiet", "--no-tune-kernels"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"onexn-tvm: error: --out {out} already exists (use --force to overwrite)"]
+    assert out.read_bytes() == before
+    # ... and with it, it is.
+    assert cli.run([str(small_onnx), "--out", str(out), "--quiet", "--no-tune-kernels", "--force"]) == 0

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="random inputs for verification")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="replace an existing --out library and its sidecar")
     return p
 
 
@@ -81,6 +82,9 @@ def main(args) -> int:
     from export.verify import VerificationError
 
     options = options_from(args)
+    existing = [path for path in (args.out, compiler.sidecar_path(args.out)) if path.exists()]
+    if existing and not args.force:  # checked before any work, like onexn-export's
+        raise FileExistsError(f"--out {existing[0]} already exists (use --force to overwrite)")
     try:
         sidecar = compiler.compile_onnx(args.onnx, args.out, work_dir=args.work_dir, options=options)
     except VerificationError as error:
