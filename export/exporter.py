@@ -17,7 +17,7 @@ from export import onnx_format, savedmodel_format, tflite_format
 from export.source import ExportSource, load_source, without_softmax
 from export.verify import VerificationError, compare_outputs, match_zero_patterns, summarize
 from onexn_tf import files, inspect, masks, models, provenance, rearrange
-from onexn_tf.errors import InvalidArgument
+from onexn_tf.errors import InvalidArgument, first_line
 
 FORMATS = ("savedmodel", "onnx", "tflite", "tflite_sparse")
 DEFAULT_FORMATS = ("savedmodel", "onnx", "tflite")
@@ -87,8 +87,8 @@ def _verify(fmt, path, source, x, reference, options, check_fn) -> dict:
     try:
         outputs, weights = check_fn(path, x)
     except Exception as error:  # any reader's failure on a damaged artifact: it does not verify
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise VerificationError(f"{path} cannot be loaded and run ({type(error).__name__}: {first})") from None
+        raise VerificationError(f"{path} cannot be loaded and run ({type(error).__name__}: "
+                                f"{first_line(error, 300)})") from None
     check = compare_outputs(reference, outputs, options.rtol)
     matches = match_zero_patterns(source.expected_kernels(), weights, source.spec, source.targets)
     report = {"outputs": dataclasses.asdict(check), "layers_checked": len(matches),

@@ -14,7 +14,7 @@ import numpy as np
 import onexn_tf
 from onexn_tf import cloning, jobs, masks, models, schedules
 from onexn_tf._keras import keras
-from onexn_tf.errors import InvalidArgument
+from onexn_tf.errors import InvalidArgument, first_line
 
 PREPROCESSING = {
     "mobilenet_v1": "RGB pixels in [0, 255] mapped to [-1, 1] (x / 127.5 - 1)",
@@ -77,7 +77,7 @@ def _load_keras(path: Path):
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises OSError, ValueError, KeyError, ... for non-models
         raise InvalidArgument(f"{path} is not a Keras model (.keras, .h5 or SavedModel): "
-                              f"{str(error).strip().splitlines()[0][:200]}") from None
+                              f"{first_line(error)}") from None
 
 
 def _from_pruned(pruned, description: str, arch: str | None) -> ExportSource:

@@ -55,7 +55,9 @@ def recalibrate_batchnorm(model, images, batches: int) -> int:
     if not layers or batches < 1:
         return 0
     momenta = [layer.momentum for layer in layers]
-    steps = [(var, var.numpy()) for var in model.variables if var.name.split("/")[-1].startswith("pruning_step")]
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+    steps = [(layer.pruning_step, layer.pruning_step.numpy()) for layer in pruning_wrapper.collect_prunable_layers(model)]
     sums, used = None, 0
     try:
         for layer in layers:

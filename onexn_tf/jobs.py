@@ -20,7 +20,7 @@ from pathlib import Path
 import onexn_tf
 from onexn_tf import batchnorm, models
 from onexn_tf._keras import keras
-from onexn_tf.errors import InvalidArgument
+from onexn_tf.errors import InvalidArgument, first_line
 
 CONFIG = "config.json"
 RESULTS = "results.json"
@@ -79,7 +79,7 @@ def load_pretrained(settings, classes: int):
         try:
             model = keras.models.load_model(source, compile=False)
         except Exception as error:  # a damaged or foreign file: Keras raises many kinds here
-            raise InvalidArgument(f"--pretrained-model {source} is not a Keras model ({_first_line(error)})") from None
+            raise InvalidArgument(f"--pretrained-model {source} is not a Keras model ({first_line(error)})") from None
         if onexn_tf.pruning_wrappers(model):
             model = onexn_tf.strip(model)
         if model.output_shape[-1] != classes:
@@ -95,14 +95,10 @@ def load_pretrained(settings, classes: int):
             model.load_weights(source)
         except (ValueError, OSError) as error:
             raise InvalidArgument(f"--pretrained-model {source} does not fit {settings.arch} alpha={settings.alpha} "
-                                  f"with {classes} classes: {_first_line(error)}") from None
+                                  f"with {classes} classes: {first_line(error)}") from None
         except Exception as error:  # a damaged checkpoint (the reader's DataLossError, ...)
-            raise InvalidArgument(f"--pretrained-model {source} cannot be read as weights ({_first_line(error)})") from None
+            raise InvalidArgument(f"--pretrained-model {source} cannot be read as weights ({first_line(error)})") from None
     return model
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _is_hdf5(path: str) -> bool:
@@ -120,7 +116,7 @@ def _h5_has_model(path: str) -> bool:
         with h5py.File(path, "r") as f:
             return "model_config" in f.attrs
     except OSError as error:
-        raise InvalidArgument(f"--pretrained-model {path} is not an HDF5 file ({_first_line(error)})") from None
+        raise InvalidArgument(f"--pretrained-model {path} is not an HDF5 file ({first_line(error)})") from None
 
 
 def make_schedule(settings, steps_per_epoch: int):

@@ -18,6 +18,7 @@ import numpy as np
 
 from onexn_tf._keras import tf
 from onexn_tf.cli import UsageError
+from onexn_tf.errors import first_line
 from training import transforms
 from training.transforms import Augmentation
 
@@ -118,8 +119,7 @@ def naming_bad_images(dataset: str, data_dir):
         bad = find_undecodable(data_dir) if dataset == "folder" and data_dir else None
         if bad is None:
             raise
-        first = (str(error).strip().splitlines() or [""])[0][:160]
-        raise UsageError(f"{bad} cannot be decoded as an image ({first}): remove or replace it") from None
+        raise UsageError(f"{bad} cannot be decoded as an image ({first_line(error, 160)}): remove or replace it") from None
 
 
 def find_undecodable(root) -> Path | None:
@@ -128,7 +128,7 @@ def find_undecodable(root) -> Path | None:
     for path in sorted(Path(root).rglob("*")):
         if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
             try:
-                tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+                _decode_file(str(path))
             except tf.errors.OpError:
                 return path
     return None
@@ -163,7 +163,7 @@ def _tfds_builder(name: str, data_dir, manual_dir):
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
         raise UsageError(f"--dataset {name!r} is not a tensorflow-datasets dataset "
-                         f"({str(error).splitlines()[0][:200]})") from None
+                         f"({first_line(error)})") from None
     if not builder.is_prepared():
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
         try:
@@ -171,7 +171,7 @@ def _tfds_builder(name: str, data_dir, manual_dir):
         except Exception as error:  # tfds raises many kinds here; the user needs the first line
             hint = f" (manual_dir {manual_dir})" if manual_dir else ""
             raise UsageError(f"cannot prepare tfds dataset {name!r}{hint}: "
-                             f"{str(error).strip().splitlines()[0][:300]}") from None
+                             f"{first_line(error, 300)}") from None
     return builder
 
 
@@ -184,6 +184,16 @@ def _split(builder, wanted: str | None, fallbacks: tuple[str, ...], what: str) -
                      f"available splits are {available}")
 
 
+def check_val_fraction(fraction: float | None, dataset: str | None = "folder") -> None:
+    """``--val-fraction``: a fraction strictly between 0 and 1, of an image folder (not a tfds dataset)."""
+    if fraction is None:
+        return
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-fraction={fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
+    if dataset != "folder":
+        raise UsageError("--val-fraction needs --dataset folder (one DATA_DIR/<class>/<image> tree)")
+
+
 def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
     """A class-per-folder tree (ROOT/<class>/<image>) split into (train, val) lists of (path, label).
 
@@ -191,8 +201,7 @@ def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]
     least one; at least one stays for training): the split is the same on every machine and run,
     needs no seed, and an image added later does not move the others across the split.
     """
-    if not 0 < fraction < 1:
-        raise UsageError(f"--val-fraction={fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
+    check_val_fraction(fraction)
     if not root.is_dir():
         raise UsageError(f"--data-dir {root} is not a directory")
     classes = sorted(p for p in root.iterdir() if p.is_dir())
@@ -238,8 +247,9 @@ def load(*, dataset: str, data_dir=None, manual_dir=None, train_split=None, val_
                         examples=examples, cache=cache, seed=seed, augmentation=augmentation)
 
     if val_fraction is not None:
-        if dataset != "folder" or not data_dir:
-            raise UsageError("--val-fraction needs --dataset folder and --data-dir DATA_DIR (DATA_DIR/<class>/<image>)")
+        check_val_fraction(val_fraction, dataset)
+        if not data_dir:
+            raise UsageError("--val-fraction needs --data-dir DATA_DIR (DATA_DIR/<class>/<image>)")
         train_items, val_items, names = split_by_fraction(Path(data_dir), val_fraction)
         val = make(_file_dataset(val_items), False, len(val_items), len(names))
         train = make(_file_dataset(train_items), True, len(train_items), len(names)) if need_train else None

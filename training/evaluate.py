@@ -15,6 +15,7 @@ import numpy as np
 import onexn_tf
 from onexn_tf import cli, files, jobs, models
 from onexn_tf._keras import keras
+from onexn_tf.errors import first_line
 from training import data
 from training.metrics import TopK
 
@@ -46,7 +47,7 @@ def load_model(path: Path):
     try:
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, IOError) as error:
-        raise cli.UsageError(f"{path} is not a Keras model: {str(error).splitlines()[0][:200]}") from None
+        raise cli.UsageError(f"{path} is not a Keras model: {first_line(error)}") from None
 
 
 def evaluate(model, dataset) -> dict:
@@ -70,15 +71,15 @@ def main(args) -> int:
     if not dataset:
         raise cli.UsageError("--dataset is required unless MODEL is a job dir")
     val_fraction = args.val_fraction if args.val_fraction is not None else job.get("val_fraction")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise cli.UsageError(f"--val-fraction={val_fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
+    data.check_val_fraction(val_fraction, dataset)
+    data_dir = args.data_dir or job.get("data_dir")
     model = load_model(args.model)
     built_for = model.input_shape[1]
     if args.input_size and built_for is not None and args.input_size != built_for:
         raise cli.UsageError(f"--input-size {args.input_size} does not match the model, which takes "
                              f"{built_for}x{built_for} images (omit --input-size to use it)")
     size = args.input_size or built_for
-    splits = data.load(dataset=dataset, data_dir=args.data_dir or job.get("data_dir"),
+    splits = data.load(dataset=dataset, data_dir=data_dir,
                        manual_dir=args.manual_dir or job.get("manual_dir"), val_split=args.split or job.get("val_split"),
                        size=size, batch_size=args.batch_size, preprocess=models.preprocess_input(arch),
                        cache="none", need_train=False, val_fraction=val_fraction)
@@ -87,7 +88,7 @@ def main(args) -> int:
     result = {"model": str(args.model), "arch": arch, "input_size": size, "dataset": dataset,
               "val_fraction": val_fraction,
               "pruned_layers": len(onexn_tf.pruning_wrappers(model))}
-    with data.naming_bad_images(dataset, args.data_dir or job.get("data_dir")):
+    with data.naming_bad_images(dataset, data_dir):
         result.update(evaluate(model, splits.val))
     print(json.dumps(result, indent=2))
     if args.json:

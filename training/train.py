@@ -116,11 +116,7 @@ def check_args(args) -> None:
         raise cli.UsageError(f"--bn-momentum={args.bn_momentum} is not allowed: it must be in [0, 1)")
     if args.bn_recalibration < 0:
         raise cli.UsageError(f"--bn-recalibration={args.bn_recalibration} is not allowed: it must be >= 0")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise cli.UsageError(f"--val-fraction={args.val_fraction:g} is not allowed: it must be between 0 and 1 "
-                             "(exclusive)")
-    if args.val_fraction is not None and args.dataset != "folder":
-        raise cli.UsageError("--val-fraction needs --dataset folder (one DATA_DIR/<class>/<image> tree)")
+    data.check_val_fraction(args.val_fraction, args.dataset)
     augmentation_of(args)
     if not 0 <= args.label_smoothing < 1:
         raise cli.UsageError(f"--label-smoothing={args.label_smoothing} is not allowed: it must be in [0, 1)")
