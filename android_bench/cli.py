@@ -10,8 +10,10 @@ module's output is checked against --reference (an .npz with 'input' and 'output
 onnxruntime running --onnx MODEL on the same input.
 Results: OUT/results.json, OUT/results.csv, OUT/latency_vs_sparsity.png (two sparsities or more);
 both files are rewritten after every round, so an interrupted run keeps what it measured.
+An --out that holds an earlier run's results is refused unless --force is given.
 Exit codes: 0 all modules timed; 1 a module failed to load or to match the reference, or the device
-was lost; 2 a usage error (bad option or file, unreachable tracker/server, no device for the key).
+was lost; 2 a usage error (bad option or file, unreachable tracker/server, no device for the key,
+an --out holding results); 130 stopped with Ctrl-C (the rounds measured so far are kept and shown).
 """
 from __future__ import annotations
 
@@ -57,13 +59,14 @@ def build_parser():
     what.add_argument("--rtol", type=float, default=1e-4, help="allowed max |out - reference| / max |reference|")
     what.add_argument("--seed", type=int, default=0, help="seed of the random input when there is no reference")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory (default bench_results)")
+    p.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def plan(args):
     """(Rpc, modules with their expected outputs, input, Settings) from parsed arguments; usage errors raised."""
-    from android_bench import modules as mods
+    from android_bench import modules as mods, results
     from android_bench.connection import Rpc
     from android_bench.runner import Settings
     from onexn_tf import files
@@ -78,6 +81,16 @@ def plan(args):
     for flag, values in (("--label", args.label), ("--sparsity", args.sparsity)):
         if values and len(values) != len(args.modules):
             raise InvalidArgument(f"{flag} given {len(values)} times for {len(args.modules)} modules: give one per module")
+    settings = Settings(warmup=args.warmup, number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
+                        cooldown_ms=args.cooldown_ms, threads=args.threads, affinity=args.affinity,
+                        rtol=args.rtol, retries=args.retries, backoff=args.backoff,
+                        queue_timeout=args.queue_timeout)
+    settings.check()
+    files.check_writable_dir(args.out, "--out")
+    earlier = args.out / results.JSON_NAME
+    if earlier.exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} holds the results of an earlier run ({earlier}): use --force to "
+                              "replace them, or choose another --out")
     modules = [mods.load_module_spec(path, label=args.label[i] if args.label else None,
                                      sparsity=args.sparsity[i] if args.sparsity else None)
                for i, path in enumerate(args.modules)]
@@ -90,12 +103,6 @@ def plan(args):
         expected = mods.onnxruntime_output(args.onnx, x)
     for module in modules:
         module.expected = expected
-    settings = Settings(warmup=args.warmup, number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
-                        cooldown_ms=args.cooldown_ms, threads=args.threads, affinity=args.affinity,
-                        rtol=args.rtol, retries=args.retries, backoff=args.backoff,
-                        queue_timeout=args.queue_timeout)
-    settings.check()
-    files.check_writable_dir(args.out)
     return rpc, modules, x, settings
 
 
@@ -111,6 +118,9 @@ def main(args) -> int:
         print(f"onexn-bench: {error}; the rounds measured so far are in {args.out}", file=sys.stderr)
         return 1
     print(results.format_table(report))
+    if report["status"] == "interrupted":
+        print(f"onexn-bench: interrupted: {report['error']}; the results so far are in {args.out}", file=sys.stderr)
+        return 130
     if report["emulated"]:
         print(f"NOTE: {report['note']}")
     plotted = results.plot_latency_vs_sparsity(report, args.out / results.PLOT_NAME)

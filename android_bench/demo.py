@@ -23,17 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-import onexn_tf
-from onexn_tf import cli, files, inspect, models
-from onexn_tf._keras import keras
-from training import data, evaluate, synthetic, train
+from onexn_tf import cli, files
+from onexn_tf.options import ARCHITECTURES, CRITERIA, REARRANGE_POLICIES, check_n, check_sparsity
+from training import synthetic, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onexn-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="mobilenet_v2", choices=models.ARCHITECTURES)
+    p = cli.Parser(prog="onexn-demo", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="mobilenet_v2", choices=ARCHITECTURES)
     p.add_argument("--alpha", type=float, default=0.35, help="width multiplier (default 0.35)")
     p.add_argument("--image-size", type=int, default=64, help="input size in pixels (default 64)")
     p.add_argument("--classes", type=int, default=4)
@@ -41,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-samples", type=int, default=256)
     p.add_argument("--n", type=int, default=4, help="block height N (default 4)")
     p.add_argument("--sparsity", type=float, default=0.5, help="per-layer pruning rate p (default 0.5)")
-    p.add_argument("--criterion", default="block_l1", choices=onexn_tf.masks.CRITERIA)
-    p.add_argument("--rearrange", default="groups", choices=onexn_tf.rearrange.POLICIES,
+    p.add_argument("--criterion", default="block_l1", choices=CRITERIA)
+    p.add_argument("--rearrange", default="groups", choices=REARRANGE_POLICIES,
                    help="filter rearrangement policy (default groups)")
     p.add_argument("--dense-epochs", type=int, default=4)
     p.add_argument("--prune-epochs", type=int, default=2)
@@ -67,13 +64,13 @@ def _check(args):
             raise cli.UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= 1")
     if args.image_size < 32:
         raise cli.UsageError(f"--image-size={args.image_size} is not allowed: Keras MobileNets need at least 32 pixels")
-    onexn_tf.masks.check_n(args.n)
-    onexn_tf.masks.check_sparsity(args.sparsity, "--sparsity")
+    check_n(args.n, "--n")
+    check_sparsity(args.sparsity, "--sparsity")
     for p in args.probes:
-        onexn_tf.masks.check_sparsity(p, "--probes")
+        check_sparsity(p, "--probes")
     if args.trials < 0:
         raise cli.UsageError(f"--trials={args.trials} is not allowed: it must be >= 0")
-    files.check_writable_dir(args.out)
+    files.check_writable_dir(args.out, "--out")
     for job in ("dense", "pruned"):
         if (args.out / job).exists():
             raise cli.UsageError(f"{args.out / job} exists from an earlier demo: remove {args.out} or choose --out")
@@ -98,6 +95,11 @@ def _train_args(args, job: str, *extra: str):
 
 def train_and_deploy(args) -> dict:
     """Stages 1–4: data, dense training, 1×N pruning, physical permutation, evaluation."""
+    import onexn_tf  # TensorFlow from here on
+    from onexn_tf import inspect, models
+    from onexn_tf._keras import keras
+    from training import data, evaluate
+
     data_dir = args.out / "data"
     if not data_dir.exists():
         print(f"[1/8] writing {args.train_samples}+{args.val_samples} synthetic images to {data_dir}")
@@ -158,6 +160,8 @@ def export_stage(args) -> dict:
 
 def measure_stage(args, sample_nhwc) -> tuple[dict, list[dict], dict]:
     import shutil
+
+    import numpy as np
 
     from android_bench import pipeline, report
 

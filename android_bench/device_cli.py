@@ -41,6 +41,10 @@ def main(args) -> int:
     from android_bench import emulated
     from onexn_tf.errors import InvalidArgument
 
+    if args.command == "serve" and args.threads is not None and args.threads < 1:
+        raise InvalidArgument(f"--threads={args.threads} is not allowed: it must be >= 1")
+    if args.command == "serve" and not 0 < args.port < 65536:
+        raise InvalidArgument(f"--port={args.port} is not allowed: it must be in 1..65535")
     if args.command == "prepare":
         try:
             emulated.prepare(args.cache)

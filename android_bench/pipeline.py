@@ -150,15 +150,24 @@ def measure(builds: list[Build], onnx_path, tflite_path, x_nchw: np.ndarray, out
     with local.tracker() as tracker:
         with local.host_server(tracker, HOST_KEY, log_path=out_dir / "host_server.log"):
             log(f"  timing {len(host_modules)} TVM builds on a local x86 RPC server ({options.repeat} rounds)")
-            measured["host"] = runner.run(Rpc(*tracker, key=HOST_KEY), host_modules, x_nchw, settings,
-                                          out_dir / "host", progress=options.progress, log=lambda m: log(f"  {m}"))
+            measured["host"] = _stop_if_interrupted(runner.run(
+                Rpc(*tracker, key=HOST_KEY), host_modules, x_nchw, settings, out_dir / "host",
+                progress=options.progress, log=lambda m: log(f"  {m}")))
         log("  timing onnxruntime and TFLite (XNNPACK) in-process on the same input")
         measured["runtimes"] = results.refresh(_host_runtimes(onnx_path, tflite_path, x_nchw, options))
         if device is not None:
             log("  starting the emulated aarch64 RPC server (~40 s: it imports TVM twice under qemu)")
             with local.emulated_server(device, tracker, ARM_KEY, out_dir / "emulated_server.log"):
                 arm_settings = dataclasses.replace(settings, repeat=max(3, options.repeat // 4), warmup=1)
-                measured["arm"] = runner.run(Rpc(*tracker, key=ARM_KEY, session_timeout=0),
-                                             _modules(arm_builds, x_nchw), x_nchw, arm_settings, out_dir / "arm",
-                                             emulated=True, progress=options.progress, log=lambda m: log(f"  {m}"))
+                measured["arm"] = _stop_if_interrupted(runner.run(
+                    Rpc(*tracker, key=ARM_KEY, session_timeout=0), _modules(arm_builds, x_nchw), x_nchw,
+                    arm_settings, out_dir / "arm", emulated=True, progress=options.progress,
+                    log=lambda m: log(f"  {m}")))
     return measured
+
+
+def _stop_if_interrupted(report: dict) -> dict:
+    """A benchmark the user stopped (Ctrl-C, its results saved) stops the whole pipeline."""
+    if report["status"] == "interrupted":
+        raise KeyboardInterrupt
+    return report

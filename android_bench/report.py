@@ -73,7 +73,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def markdown(report: dict) -> str:
     """``report.md`` from the demo's ``report.json`` contents."""
     acc = report["accuracy"]
-    out = [f"# onexn-tf demo report",
+    out = ["# onexn-tf demo report",
            "",
            f"{report['arch']} alpha {report['alpha']}, {report['image_size']} px, {report['classes']} classes "
            f"(synthetic data), 1×{report['n']} pruning at p = {report['sparsity']} ({report['criterion']}, "

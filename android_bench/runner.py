@@ -124,9 +124,12 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
         emulated: bool = False, progress: bool = True, log=print) -> dict:
     """Benchmark ``modules`` on the device ``rpc`` names; results go to ``out_dir`` after every round.
 
-    Raises :class:`DeviceUnavailable` when no session can be opened at all, and :class:`DeviceLost`
-    when the device disappears and does not come back; in both cases what was measured is saved
-    first. A module that fails to load or to reproduce its ``expected`` output is reported and left out.
+    Raises :class:`DeviceUnavailable` when no session can be opened at all (nothing is written), and
+    :class:`DeviceLost` when the device disappears and does not come back (what was measured is saved
+    first). Ctrl-C ends the run early: what was measured is saved with status ``interrupted`` and
+    returned. A module that fails to load or to reproduce its ``expected`` output is reported and left
+    out; the status says whether every module (``complete``), some (``partial``) or none (``failed``)
+    was timed.
     """
     settings.check()
     labels = [m.label for m in modules]
@@ -134,11 +137,7 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
         raise InvalidArgument(f"module labels must be unique, got {labels}")
     report = new_report(rpc, modules, settings, emulated=emulated)
     entries = {m.label: entry for m, entry in zip(modules, report["modules"])}
-    try:
-        device = _Device(rpc, settings, log)
-    except DeviceUnavailable as error:
-        _finish(report, out_dir, "unavailable", str(error))
-        raise
+    device = _Device(rpc, settings, log)  # DeviceUnavailable: nothing measured, nothing written
     report["threads"] = device.threads
     log(f"connected to {describe(rpc)}; runtime threads: {device.threads['runtime_threads']}")
 
@@ -184,44 +183,62 @@ def run(rpc: Rpc, modules: list[Module], x: np.ndarray, settings: Settings, out_
         _finish(report, out_dir, "interrupted", reason)
         return DeviceLost(reason)
 
+    def time_rounds():
+        """The interleaved rounds, reconnecting (bounded) when the device is lost."""
+        nonlocal device
+        attempt = 0
+        while True:
+            try:
+                if attempt or not device.vms:
+                    setup()
+                while report["rounds_done"] < settings.repeat and active():
+                    for module in active():
+                        entries[module.label]["samples_ms"] += device.sample_ms(module.label)
+                    report["rounds_done"] += 1
+                    results.save(report, out_dir)
+                    bar.update(1)
+                    if settings.cooldown_ms and report["rounds_done"] < settings.repeat:
+                        time.sleep(settings.cooldown_ms / 1e3)
+                break
+            except Exception as error:
+                if isinstance(error, InvalidArgument) or device.alive():
+                    bar.close()
+                    _finish(report, out_dir, "failed", message(error))
+                    raise
+                attempt += 1
+                if attempt > settings.retries:
+                    raise give_up(message(error)) from None
+                delay = settings.backoff * 2 ** (attempt - 1)
+                log(f"lost the device ({message(error)}); reconnecting in {delay:g} s ({attempt}/{settings.retries})")
+                time.sleep(delay)
+                try:
+                    device = _Device(rpc, settings, log)
+                except DeviceUnavailable as unavailable:
+                    raise give_up(f"it did not come back ({unavailable})") from None
+                report["reconnections"] += 1
+
     from tqdm import tqdm
 
     bar = tqdm(total=settings.repeat, unit="round", desc="timing", disable=not progress)
-    attempt = 0
-    while True:
-        try:
-            if attempt or not device.vms:
-                setup()
-            while report["rounds_done"] < settings.repeat and active():
-                for module in active():
-                    entries[module.label]["samples_ms"] += device.sample_ms(module.label)
-                report["rounds_done"] += 1
-                results.save(report, out_dir)
-                bar.update(1)
-                if settings.cooldown_ms and report["rounds_done"] < settings.repeat:
-                    time.sleep(settings.cooldown_ms / 1e3)
-            break
-        except Exception as error:
-            if isinstance(error, InvalidArgument) or device.alive():
-                bar.close()
-                _finish(report, out_dir, "failed", message(error))
-                raise
-            attempt += 1
-            if attempt > settings.retries:
-                raise give_up(message(error)) from None
-            delay = settings.backoff * 2 ** (attempt - 1)
-            log(f"lost the device ({message(error)}); reconnecting in {delay:g} s ({attempt}/{settings.retries})")
-            time.sleep(delay)
-            try:
-                device = _Device(rpc, settings, log)
-            except DeviceUnavailable as unavailable:
-                raise give_up(f"it did not come back ({unavailable})") from None
-            report["reconnections"] += 1
+    try:
+        time_rounds()
+    except KeyboardInterrupt:
+        bar.close()
+        _finish(report, out_dir, "interrupted",
+                f"stopped by the user (Ctrl-C) after {report['rounds_done']} of {settings.repeat} rounds")
+        return report
     bar.close()
     for entry in report["modules"]:
         if entry["status"] == "running":
             entry["status"] = "ok"
-    _finish(report, out_dir, "complete", None)
+    timed = [entry for entry in report["modules"] if entry["status"] == "ok"]
+    if not timed:
+        _finish(report, out_dir, "failed", "no module could be timed (each one's error is in its entry)")
+    elif len(timed) < len(report["modules"]):
+        _finish(report, out_dir, "partial", f"{len(report['modules']) - len(timed)} of {len(report['modules'])} "
+                                            "modules could not be timed (each one's error is in its entry)")
+    else:
+        _finish(report, out_dir, "complete", None)
     return report
 
 

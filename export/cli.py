@@ -14,22 +14,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from export import exporter, onnx_format
-from export.verify import VerificationError
-from onexn_tf import cli, masks, models
+from export.options import DEFAULT_FORMATS, DEFAULT_OPSET, FORMATS
+from onexn_tf import cli, files
+from onexn_tf.options import ARCHITECTURES, CRITERIA, check_n
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.doc_parser("onexn-export", __doc__)
     p.add_argument("source", type=Path, help="pruned or stripped model (.keras / .h5 / SavedModel) or a job dir")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--formats", nargs="+", default=list(exporter.DEFAULT_FORMATS), choices=exporter.FORMATS)
-    p.add_argument("--opset", type=int, default=onnx_format.DEFAULT_OPSET, help="ONNX opset (13-18)")
+    p.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS), choices=FORMATS)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (13-18)")
     p.add_argument("--onnx-layout", choices=("nhwc", "nchw"), default="nhwc", help="ONNX input layout")
     p.add_argument("--checkpoint", choices=("best", "last"), help="job dir: export this checkpoint")
-    p.add_argument("--arch", choices=models.ARCHITECTURES, help="default: from the job or the model name")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="default: from the job or the model name")
     p.add_argument("--n", type=int, help="block height N of a stripped model (pruned models and jobs know it)")
-    p.add_argument("--criterion", default="block_l1", choices=masks.CRITERIA, help="of a stripped model")
+    p.add_argument("--criterion", default="block_l1", choices=CRITERIA, help="of a stripped model")
     p.add_argument("--permutations", type=Path, help="block orders of a stripped model (permutations.json)")
     p.add_argument("--logits", action="store_true", help="export without the final softmax (outputs logits)")
     p.add_argument("--rtol", type=float, default=1e-4, help="allowed max |runtime - keras| / max |keras|")
@@ -41,11 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    if args.n is not None:
+        check_n(args.n, "--n")
+    if not args.source.exists():  # the checks that need no TensorFlow come before importing it
+        raise cli.UsageError(f"{args.source}: no such model file or job directory")
+    files.check_writable_dir(args.out, "--out")
+    from export import exporter  # TensorFlow from here on
+    from export.verify import VerificationError
+
     options = exporter.Options(formats=tuple(dict.fromkeys(args.formats)), opset=args.opset,
                                nchw=args.onnx_layout == "nchw", rtol=args.rtol, samples=args.samples,
                                seed=args.seed, force=args.force)
-    if args.n is not None:
-        masks.check_n(args.n)
     try:
         report = exporter.export(args.source, args.out, options=options, verify_only=args.verify,
                                  checkpoint=args.checkpoint, arch=args.arch, n=args.n, criterion=args.criterion,

@@ -19,8 +19,7 @@ from export.verify import VerificationError, compare_outputs, match_zero_pattern
 from onexn_tf import files, inspect, masks, models, provenance, rearrange
 from onexn_tf.errors import InvalidArgument, first_line
 
-FORMATS = ("savedmodel", "onnx", "tflite", "tflite_sparse")
-DEFAULT_FORMATS = ("savedmodel", "onnx", "tflite")
+from export.options import DEFAULT_FORMATS, FORMATS  # re-exported
 
 
 @dataclasses.dataclass
@@ -69,7 +68,7 @@ def check_options(out: Path, options: Options, verify_only: bool) -> Options:
         raise InvalidArgument(f"--rtol {options.rtol} is not allowed: it must be in (0, 1)")
     if options.samples < 2:
         raise InvalidArgument(f"--samples {options.samples} is not allowed: verification needs at least 2 inputs")
-    files.check_writable_dir(out)
+    files.check_writable_dir(out, "--out")
     for fmt in options.formats:
         path = out / artifact_name(fmt)
         if verify_only and not path.exists():
@@ -143,6 +142,7 @@ def export(source_path, out, *, options: Options | None = None, verify_only: boo
     options = check_options(out, options or Options(), verify_only)
     source = load_source(source_path, checkpoint=checkpoint, arch=arch, n=n, criterion=criterion,
                          permutations=permutations)
+    progress(f"source: {source.description}")
     if logits:
         source.deployed = without_softmax(source.deployed)
     x = random_inputs(source, options.samples, options.seed)

@@ -13,8 +13,7 @@ from onexn_tf._keras import tf
 from onexn_tf.errors import InvalidArgument
 
 ARTIFACT = "model.onnx"
-OPSETS = range(13, 19)
-DEFAULT_OPSET = 18
+from export.options import DEFAULT_OPSET, OPSETS  # re-exported
 
 
 def check_opset(opset: int) -> int:

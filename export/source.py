@@ -133,11 +133,12 @@ def _from_job(job: Path, checkpoint: str | None, arch: str | None) -> ExportSour
     arch = arch or config.get("arch")
     finished = jobs.is_finished(job) and (job / jobs.MODEL).exists()
     if checkpoint or not finished:
+        where = f"checkpoint {checkpoint or 'best'}" + ("" if finished else f" of an unfinished run (no {jobs.RESULTS})")
         model, settings = jobs.rebuild_pruned_model(job, checkpoint or "best")
         if not onexn_tf.pruning_wrappers(model):
             return _from_stripped(model, None, n=settings.n, criterion="block_l1", partial=settings.partial, target=None,
-                                  arch=arch, description=f"job {job} (dense), checkpoint {checkpoint or 'best'}")
-        return _from_pruned(model, f"job {job}, checkpoint {checkpoint or 'best'}", arch)
+                                  arch=arch, description=f"job {job} (dense), {where}")
+        return _from_pruned(model, f"job {job}, {where}", arch)
     results = jobs.read_results(job)
     stripped = _load_keras(job / jobs.MODEL)
     orders = json.loads((job / jobs.PERMUTATIONS).read_text()) if (job / jobs.PERMUTATIONS).exists() else {}

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _SUBMODULES = ("channels", "cloning", "deploy", "files", "inspect", "masks", "models", "rearrange", "schedules",
-               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs", "batchnorm")
+               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs", "batchnorm", "options")
 _NAMES = {
     "MaskSpec": "masks", "compute_mask": "masks",
     "Prune1xN": "pruning", "PruningSummaries": "pruning", "UpdatePruningStep": "pruning", "layer_masks": "pruning",
@@ -26,7 +26,7 @@ _NAMES = {
 }
 
 __all__ = sorted(set(_NAMES) | set(_SUBMODULES) - {"errors", "provenance", "pruning", "cloning", "files", "cli", "jobs",
-                                                   "rpc", "native_logs"})
+                                                   "rpc", "native_logs", "options"})
 
 
 def __getattr__(name):

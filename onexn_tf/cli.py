@@ -12,6 +12,14 @@ class UsageError(InvalidArgument):
     """A mistake in what the user asked for (reported without a traceback)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, ``prog: error: message (see prog --help)``,
+    exit 2, instead of the usage block followed by the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def host_port(text: str) -> tuple[str, int]:
     """argparse type for ``HOST:PORT`` (an RPC tracker or server address)."""
     host, _, port = text.rpartition(":")
@@ -24,8 +32,8 @@ def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A parser whose description is the module docstring's first line and whose epilog (examples,
     exit codes) is the rest, kept as written."""
     lines = doc.splitlines()
-    return argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(lines[2:]),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Parser(prog=prog, description=lines[0], epilog="\n".join(lines[2:]),
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
@@ -35,7 +43,8 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)
-    except (InvalidArgument, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
+    except (InvalidArgument, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

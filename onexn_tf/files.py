@@ -58,14 +58,37 @@ def write_json(path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def check_writable_dir(path) -> Path:
-    """Fail early (before hours of work) if ``path`` cannot become a writable directory."""
+def check_writable_dir(path, flag: str | None = None) -> Path:
+    """Fail early (before hours of work) if ``path`` cannot become a writable directory; the message
+    names ``flag`` (e.g. ``--out``) when the path came from one."""
     path = Path(path)
+    what = f"{flag} {path}" if flag else f"output directory {path}"
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"output directory {path} exists and is not a directory")
+        raise NotADirectoryError(f"{what} exists and is not a directory")
+    _check_creatable(path, what)
+    return path
+
+
+def check_writable_file(path, flag: str | None = None) -> Path:
+    """Fail early if ``path`` cannot be written as a file (it is a directory, or lies under a regular
+    file or an unwritable directory); the message names ``flag``."""
+    path = Path(path)
+    what = f"{flag} {path}" if flag else f"output file {path}"
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} is a directory: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} is not writable")
+    _check_creatable(path.parent, what)
+    return path
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """``path`` is a directory or can be made one: its nearest existing ancestor is a writable
+    directory (not a regular file)."""
     existing = path
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"output directory {path} is not writable ({existing} does not allow writing)")
-    return path
+        raise PermissionError(f"{what} is not writable ({existing} does not allow writing)")

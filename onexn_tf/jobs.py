@@ -9,7 +9,9 @@ stages that read it (``onexn-eval``, ``export``).
     JOB/results.json         accuracy, per-layer sparsity, timings       } last of all
 
 Readers rebuild the pruned model from ``config.json`` + a checkpoint with :func:`rebuild_pruned_model`,
-which builds exactly what the trainer built (:func:`build_model`) without its optimizer or data.
+which builds exactly what the trainer built (:func:`build_model`) without its optimizer or data. The
+checks on a job directory are plain file reads, so commands answer them before TensorFlow is imported
+(building a model imports it).
 """
 from __future__ import annotations
 
@@ -18,8 +20,6 @@ import types
 from pathlib import Path
 
 import onexn_tf
-from onexn_tf import batchnorm, models
-from onexn_tf._keras import keras
 from onexn_tf.errors import InvalidArgument, first_line
 
 CONFIG = "config.json"
@@ -69,6 +69,9 @@ def settings_from_config(config: dict) -> types.SimpleNamespace:
 
 def load_pretrained(settings, classes: int):
     """The dense starting model: Keras ImageNet weights, a saved model, or weights for the architecture."""
+    from onexn_tf import models
+    from onexn_tf._keras import keras
+
     shape = (settings.input_size, settings.input_size, 3)
     source = settings.pretrained_model
     if source == "imagenet":
@@ -130,6 +133,8 @@ def make_schedule(settings, steps_per_epoch: int):
 def bn_momentum(settings, steps_per_epoch: int) -> dict:
     """The BatchNorm momentum a job trains with and where it came from (recorded in config/results):
     ``--bn-momentum``, else one chosen from the run's length (a model's own lower momentum is kept)."""
+    from onexn_tf import batchnorm
+
     if settings.bn_momentum is not None:
         return {"value": settings.bn_momentum, "source": "--bn-momentum"}
     return {"value": batchnorm.run_length_momentum(steps_per_epoch, settings.epochs),
@@ -139,6 +144,9 @@ def bn_momentum(settings, steps_per_epoch: int) -> dict:
 def build_model(settings, classes: int, steps_per_epoch: int):
     """The job's model before compilation: the starting model, its BatchNorm momentum (``--bn-momentum``,
     else :func:`batchnorm.run_length_momentum`), the mixed-precision output, and the pruning wrappers."""
+    from onexn_tf import batchnorm
+    from onexn_tf._keras import keras
+
     model = load_pretrained(settings, classes)
     momentum = bn_momentum(settings, steps_per_epoch)
     batchnorm.set_momentum(model, momentum["value"], only_lower=momentum["source"] != "--bn-momentum")

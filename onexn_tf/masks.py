@@ -21,37 +21,11 @@ import numpy as np
 from onexn_tf.errors import InvalidArgument
 from onexn_tf._keras import tf
 
-CRITERIA = ("block_l1", "block_random", "weight", "filter")
-BLOCK_CRITERIA = ("block_l1", "block_random")
-PARTIAL_MODES = ("inside", "wrap")
+from onexn_tf.options import BLOCK_CRITERIA, CRITERIA, PARTIAL_MODES, check_choice, check_n, check_sparsity  # noqa: F401 (re-exported)
 
 # tfmot's schedules hand the sparsity over as float32, so 0.7 arrives as 0.69999999. The pruned
 # block count must still be floor(B·0.7): add the float32 rounding error bound before flooring.
 _FLOAT32_REL_ERROR = 2.0 ** -24
-
-
-def check_n(n) -> int:
-    """Return ``n`` as an int, or raise ValueError if it is not a positive integer."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InvalidArgument(f"n={n!r} is not allowed: N must be a positive integer (1, 2, 4, 8, 16, 32, ...)")
-    return int(n)
-
-
-def check_sparsity(p, name: str = "sparsity") -> float:
-    """Return ``p`` as a float, or raise ValueError if it is not a rate in [0, 1)."""
-    try:
-        value = float(p)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if isinstance(p, bool) or not 0.0 <= value < 1.0:
-        raise InvalidArgument(f"{name}={p!r} is not allowed: it must be a number in [0, 1)")
-    return value
-
-
-def check_choice(value, allowed, name: str) -> str:
-    if value not in allowed:
-        raise InvalidArgument(f"{name}={value!r} is not allowed: choose one of {', '.join(map(repr, allowed))}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

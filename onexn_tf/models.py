@@ -10,7 +10,7 @@ from onexn_tf import selection
 from onexn_tf._keras import keras
 from onexn_tf.masks import check_choice, kernel_dims
 
-ARCHITECTURES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+from onexn_tf.options import ARCHITECTURES  # re-exported
 
 _BUILDERS = {
     "mobilenet_v1": keras.applications.MobileNet,

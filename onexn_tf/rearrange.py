@@ -27,7 +27,7 @@ import numpy as np
 from onexn_tf.errors import InvalidArgument
 from onexn_tf import channels, cloning, files, masks
 
-POLICIES = ("none", "reference", "groups")
+from onexn_tf.options import REARRANGE_POLICIES as POLICIES  # re-exported
 RECORD_FORMAT = "onexn-tf channel permutation record v1"
 
 

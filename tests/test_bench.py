@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,53 @@ def test_direct_connection_and_a_module_that_does_not_load(built, tmp_path, caps
     assert sparse["verification"]["passed"] and dense["verification"]["max_rel_error"] < 1e-4
     assert "broken: failed to load" in captured.err
     assert (out / results.PLOT_NAME).stat().st_size > 1000  # sparsities 0 and 0.75 measured
+    assert report["status"] == "partial" and "1 of 3 modules could not be timed" in report["error"]
+
+
+def test_every_module_failing_is_a_failed_run_and_results_are_kept(built, tmp_path, capsys):
+    from tvm import rpc
+
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"\x7fELF not really a library")
+    server = rpc.Server(host="127.0.0.1", port=9710, port_end=9800, silent=True)
+    out = tmp_path / "bench"
+    argv = [str(broken), "--host", "127.0.0.1", "--port", str(server.port), "--repeat", "2", "--warmup", "1",
+            "--reference", str(built / "reference.npz"), "--out", str(out), "--quiet"]
+    try:
+        assert cli.run(argv) == 1
+        report = json.loads((out / results.JSON_NAME).read_text())
+        assert report["status"] == "failed" and report["modules"][0]["status"] == "load_failed"
+        capsys.readouterr()
+        before = (out / results.JSON_NAME).read_bytes()
+        assert cli.run(argv) == 2  # an earlier run's results are never replaced without --force
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("onexn-bench: error: --out ") and "use --force" in err[0]
+        assert (out / results.JSON_NAME).read_bytes() == before
+        assert cli.run(argv + ["--force"]) == 1
+    finally:
+        server.terminate()
+
+
+def test_ctrl_c_keeps_and_shows_what_was_measured(built, tracker, tmp_path):
+    server = start_server(tracker, "x86-sigint")
+    out = tmp_path / "bench"
+    try:
+        proc = bench_cli(built / "dense.so", built / "sparse.so", "--tracker", f"127.0.0.1:{tracker}",
+                         "--key", "x86-sigint", "--repeat", "100000", "--warmup", "1", "--cooldown-ms", "20",
+                         "--out", out, "--quiet")
+        wait_for_rounds(proc, out, 3)
+        proc.send_signal(signal.SIGINT)
+        printed, err = proc.communicate(timeout=120)
+    finally:
+        server.terminate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "onexn-bench: interrupted: stopped by the user (Ctrl-C) after" in err
+    report = json.loads((out / results.JSON_NAME).read_text())
+    assert report["status"] == "interrupted" and report["rounds_done"] >= 3
+    assert "stopped by the user" in report["error"]
+    for m in report["modules"]:
+        assert m["status"] == "interrupted" and m["stats"]["count"] >= 3
+    assert "dense" in printed and "sparse" in printed and "interrupted" in printed  # the partial table
 
 
 def wait_for_rounds(proc, out, rounds, timeout=120):
@@ -205,7 +253,7 @@ def test_wrong_key_on_the_command_line_exits_2(built, tracker, tmp_path):
     assert proc.returncode == 2
     lines = [line for line in err.splitlines() if line.startswith("onexn-bench: error:")]
     assert len(lines) == 1 and "no free device with key 'no-such-phone'" in lines[0], err
-    assert json.loads((tmp_path / "b" / results.JSON_NAME).read_text())["status"] == "unavailable"
+    assert not (tmp_path / "b" / results.JSON_NAME).exists()  # nothing measured, nothing written
 
 
 @pytest.mark.parametrize("address, message", [

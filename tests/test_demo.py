@@ -107,7 +107,7 @@ def test_demo_stops_after_training(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--sparsity", "1.5"], "--sparsity=1.5 is not allowed: it must be a number in [0, 1)"),
-    (["--n", "0"], "n=0 is not allowed: N must be a positive integer"),
+    (["--n", "0"], "--n=0 is not allowed: N must be a positive integer"),
     (["--image-size", "16"], "--image-size=16 is not allowed"),
     (["--arch", "resnet50"], "invalid choice: 'resnet50'"),
     (["--probes", "1.0"], "--probes=1.0 is not allowed"),

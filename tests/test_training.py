@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import onexn_tf
-from onexn_tf import masks, rearrange
+from onexn_tf import jobs, masks, models, rearrange
 from onexn_tf._keras import keras, tf
 from training import data, recipe, transforms
 from training.metrics import topk_hits
@@ -90,6 +90,35 @@ def test_one_epoch_on_an_image_folder(folder, pretrained, tmp_path):
     assert result["top1"] == pytest.approx(results["best"]["top1"], abs=1e-6)
 
 
+def wait_for_first_epoch(proc, job, timeout=600):
+    """Until the running job has logged an epoch; it must still be running then."""
+    log = job / "log.csv"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().strip().splitlines()) >= 2:  # header + epoch 0
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be stopped"
+
+
+def test_ctrl_c_says_the_job_can_be_resumed_and_keeps_it_resumable(tmp_path, folder):
+    job = tmp_path / "job"
+    args = [*SMALL, "--data-dir", str(folder), "--epochs", "50", "--train-batch-size", "16", "--job-dir", str(job)]
+    proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_first_epoch(proc, job)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    ours = [line for line in err.splitlines() if line.startswith("onexn-train: ")]
+    assert ours == [f"onexn-train: interrupted; continue the job with --resume --job-dir {job} (from its last "
+                    "completed epoch)"], err[-2000:]
+    assert jobs.has_backup(job) and not jobs.is_finished(job)
+    refused = train(*args)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+
+
 def test_sigkill_then_resume_continues_from_the_last_completed_epoch(tmp_path, pretrained):
     root = tmp_path / "data"
     write_dataset(root, classes=4, size=40, train=320, val=32)
@@ -99,12 +128,7 @@ def test_sigkill_then_resume_continues_from_the_last_completed_epoch(tmp_path, p
     proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = job / "log.csv"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().strip().splitlines()) >= 2:  # header + epoch 0
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
+    wait_for_first_epoch(proc, job)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(log.read_text().strip().splitlines()) - 1
@@ -137,7 +161,7 @@ def test_mirrored_strategy_over_two_logical_cpus(folder, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "unknown_tfds", "missing_pretrained", "batch",
-                                  "n_wrap", "resume_nothing"])
+                                  "n_wrap", "tfds_unprepared", "resume_nothing"])
 def test_bad_input_is_one_clear_line(case, folder, tmp_path):
     empty = tmp_path / "empty"
     (empty / "train" / "a").mkdir(parents=True)
@@ -152,17 +176,30 @@ def test_bad_input_is_one_clear_line(case, folder, tmp_path):
         "batch": (["--data-dir", str(folder), "--train-batch-size", "0"], "--train-batch-size=0 is not allowed"),
         "n_wrap": (["--data-dir", str(folder), "--N", "3", "--partial", "wrap"],
                    "partial='wrap' needs C_in*C_out divisible by N"),
-        "resume_nothing": (["--data-dir", str(folder), "--resume", "--job-dir", str(tmp_path / "fresh")], None),
+        "tfds_unprepared": (["--dataset", "mnist", "--data-dir", str(tmp_path / "tfds")],
+                            "tfds dataset 'mnist' is not prepared in --data-dir"),
+        "resume_nothing": (["--data-dir", str(folder), "--resume", "--job-dir", str(tmp_path / "job")],
+                           "holds no onexn-train run (no config.json): nothing to resume"),
     }[case]
     proc = train(*base, *args, timeout=300)
-    if case == "resume_nothing":  # --resume on an empty job dir simply starts the job
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("onexn-train: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "job" / "results.json").exists() and not (tmp_path / "job" / "config.json").exists()
+
+
+def test_an_n_taller_than_the_layers_is_said_once(capsys):
+    from training import fit_job
+
+    model = onexn_tf.prune_1xn(models.build("mobilenet_v1", alpha=0.25, input_shape=(32, 32, 3), classes=4),
+                               n=512, sparsity=0.5)
+    fit_job.warn_oversized_n(model, 512)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["onexn-train: warning: --N 512: every pruned layer has fewer output channels (e.g. conv_pw_1: 16); "
+                   "their blocks cover all output channels of an input channel"]
+    fit_job.warn_oversized_n(model, 64)
+    assert "--N 64: 3 of 13 pruned layers have fewer output channels" in capsys.readouterr().err
 
 
 def test_topk_on_a_hand_built_case():

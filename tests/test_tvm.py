@@ -419,11 +419,24 @@ def test_cli_usage_errors_exit_2(small_onnx, tmp_path, capsys, monkeypatch, extr
     assert not out.exists() and not compiler.sidecar_path(out).exists()
 
 
-def test_cli_non_onnx_file_exits_2(tmp_path, capsys):
-    bad = tmp_path / "weights.h5"
-    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+def test_a_build_with_no_block_sparse_layer_says_so(rng, tmp_path):
+    messages = []
+    path = save(conv_graph(rng, pad=False, p=0.0, size=8), tmp_path / "dense.onnx")  # nothing pruned
+    sidecar = compiler.compile_onnx(path, tmp_path / "m.so", options=compiler.Options(tune_kernels=False, progress=False),
+                                    log=messages.append)
+    assert not sidecar["layers"]
+    assert any(m.startswith("warning: no layer of dense.onnx was rewritten to a block-sparse kernel") for m in messages)
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "truncated"])
+def test_cli_non_onnx_file_exits_2(kind, small_onnx, tmp_path, capsys):
+    bad = tmp_path / ("weights.h5" if kind == "hdf5" else "model.onnx")
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100) if kind == "hdf5" else small_onnx.read_bytes()[:300])
     assert cli.run([str(bad), "--out", str(tmp_path / "m.so")]) == 2
-    assert "is not an ONNX model" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert ("truncated, damaged or another kind of file" in err[0] or "holds no ONNX graph" in err[0]), err
+    assert not (tmp_path / "m.so").exists()
 
 
 def test_cli_missing_cross_compiler_exits_2(small_onnx, tmp_path, capsys, monkeypatch):

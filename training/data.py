@@ -20,6 +20,7 @@ from onexn_tf._keras import tf
 from onexn_tf.cli import UsageError
 from onexn_tf.errors import first_line
 from training import transforms
+from training.options import check_val_fraction  # noqa: F401 (re-exported)
 from training.transforms import Augmentation
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -157,6 +158,11 @@ def _folder_builder(root: Path):
 
 
 def _tfds_builder(name: str, data_dir, manual_dir):
+    with _quiet_tfds():  # its "Downloading and preparing ..." and absl notices are not ours to print
+        return _prepared_tfds_builder(name, data_dir, manual_dir)
+
+
+def _prepared_tfds_builder(name: str, data_dir, manual_dir):
     import tensorflow_datasets as tfds
 
     try:
@@ -168,11 +174,28 @@ def _tfds_builder(name: str, data_dir, manual_dir):
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
         try:
             builder.download_and_prepare(download_config=config)
-        except Exception as error:  # tfds raises many kinds here; the user needs the first line
-            hint = f" (manual_dir {manual_dir})" if manual_dir else ""
-            raise UsageError(f"cannot prepare tfds dataset {name!r}{hint}: "
-                             f"{first_line(error, 300)}") from None
+        except Exception as error:  # tfds raises many kinds here (a failed download, a missing tar file, ...)
+            where = f"--data-dir {data_dir}" if data_dir else "tfds' default data_dir (~/tensorflow_datasets)"
+            raise UsageError(f"tfds dataset {name!r} is not prepared in {where} and could not be prepared here "
+                             f"({first_line(error, 200)}): prepare it where it can be downloaded (`tfds build {name} "
+                             "--data_dir DIR`) and pass --data-dir DIR, or give --manual-dir with its downloaded "
+                             "files") from None
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    import io
+
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def _split(builder, wanted: str | None, fallbacks: tuple[str, ...], what: str) -> str:
@@ -182,16 +205,6 @@ def _split(builder, wanted: str | None, fallbacks: tuple[str, ...], what: str) -
             return name
     raise UsageError(f"no {what} split {wanted or ' / '.join(fallbacks)!r} in {builder.info.name}: "
                      f"available splits are {available}")
-
-
-def check_val_fraction(fraction: float | None, dataset: str | None = "folder") -> None:
-    """``--val-fraction``: a fraction strictly between 0 and 1, of an image folder (not a tfds dataset)."""
-    if fraction is None:
-        return
-    if not 0 < fraction < 1:
-        raise UsageError(f"--val-fraction={fraction:g} is not allowed: it must be between 0 and 1 (exclusive)")
-    if dataset != "folder":
-        raise UsageError("--val-fraction needs --dataset folder (one DATA_DIR/<class>/<image> tree)")
 
 
 def split_by_fraction(root: Path, fraction: float) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:

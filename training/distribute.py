@@ -10,13 +10,9 @@ the other workers. ``--train-batch-size`` is the global batch, split across all 
 """
 from __future__ import annotations
 
-import json
-import os
-
 from onexn_tf._keras import tf
 from onexn_tf.cli import UsageError
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+from training.options import STRATEGIES, check_cluster  # noqa: F401 (re-exported)
 
 
 def _split_cpu(count: int) -> None:
@@ -51,12 +47,7 @@ def make_strategy(name: str = "auto", *, gpus=None, logical_cpus: int = 0):
         else:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if "TF_CONFIG" not in os.environ:
-        raise UsageError("--strategy multiworker needs TF_CONFIG describing the cluster (see `onexn-train --help`)")
-    try:
-        json.loads(os.environ["TF_CONFIG"])
-    except json.JSONDecodeError as error:
-        raise UsageError(f"TF_CONFIG is not valid JSON: {error}") from None
+    check_cluster()
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

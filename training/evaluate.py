@@ -10,20 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-import onexn_tf
-from onexn_tf import cli, files, jobs, models
-from onexn_tf._keras import keras
+from onexn_tf import cli, files, jobs
 from onexn_tf.errors import first_line
-from training import data
-from training.metrics import TopK
+from onexn_tf.options import ARCHITECTURES
+from training.options import check_val_fraction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onexn-eval", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog="onexn-eval", description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path, help="a .keras / .h5 / SavedModel path, or an onexn-train --job-dir")
-    p.add_argument("--arch", choices=models.ARCHITECTURES, help="for its preprocessing (default: from the job)")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="for its preprocessing (default: from the job)")
     p.add_argument("--input-size", type=int, help="default: the model's input size")
     p.add_argument("--dataset", default=None, help="tfds name or 'folder' (default: the job's)")
     p.add_argument("--data-dir", help="image folder root or tfds data_dir (default: the job's)")
@@ -34,16 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same images onexn-train --val-fraction F held out (default: the job's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", type=Path, help="also write the result here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     return p
 
 
-def load_model(path: Path):
+def model_file(path: Path) -> Path:
+    """The file to load for MODEL: itself, or a finished job's stripped model."""
     if jobs.is_job(path):
         if not (path / jobs.MODEL).exists():
-            raise cli.UsageError(f"job {path} has no {jobs.MODEL}: the run has not finished")
+            raise cli.UsageError(f"job {path} has no {jobs.MODEL}: the run has not finished (resume it with "
+                                 "onexn-train --resume, or export a checkpoint with onexn-export --checkpoint last)")
+        if not jobs.is_finished(path):
+            print(f"onexn-eval: warning: job {path} is unfinished (no {jobs.RESULTS}); evaluating its "
+                  f"{jobs.MODEL}", file=sys.stderr)
         path = path / jobs.MODEL
     if not path.exists():
         raise cli.UsageError(f"{path}: no such model file or directory")
+    return path
+
+
+def load_model(path: Path):
+    """The Keras model in ``path`` (a file :func:`model_file` returned)."""
+    from onexn_tf._keras import keras
+
     try:
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, IOError) as error:
@@ -52,6 +61,10 @@ def load_model(path: Path):
 
 def evaluate(model, dataset) -> dict:
     """Top-1 / top-5 of ``model`` over a dataset of (images, one-hot labels) batches."""
+    import numpy as np
+
+    from training.metrics import TopK
+
     counter = TopK()
     for images, labels in dataset:
         counter.update(model(images, training=False).numpy(), np.argmax(labels.numpy(), axis=-1))
@@ -71,9 +84,18 @@ def main(args) -> int:
     if not dataset:
         raise cli.UsageError("--dataset is required unless MODEL is a job dir")
     val_fraction = args.val_fraction if args.val_fraction is not None else job.get("val_fraction")
-    data.check_val_fraction(val_fraction, dataset)
+    check_val_fraction(val_fraction, dataset)
     data_dir = args.data_dir or job.get("data_dir")
-    model = load_model(args.model)
+    path = model_file(args.model)
+    if args.json:
+        files.check_writable_file(args.json, "--json")
+        if args.json.exists() and not args.force:
+            raise cli.UsageError(f"--json {args.json} already exists (use --force to overwrite)")
+    import onexn_tf  # TensorFlow from here on: every check that needs none is done
+    from onexn_tf import models
+    from training import data
+
+    model = load_model(path)
     built_for = model.input_shape[1]
     if args.input_size and built_for is not None and args.input_size != built_for:
         raise cli.UsageError(f"--input-size {args.input_size} does not match the model, which takes "

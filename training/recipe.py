@@ -14,7 +14,7 @@ from onexn_tf._keras import keras, tf
 from onexn_tf.errors import InvalidArgument
 from onexn_tf.masks import check_choice
 
-LR_POLICIES = ("cos", "step", "exp", "fixed")
+from training.options import LR_POLICIES  # re-exported
 
 
 @keras.utils.register_keras_serializable(package="onexn_tf")

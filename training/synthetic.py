@@ -50,9 +50,9 @@ def write_dataset(root, *, classes: int = 4, size: int = 64, train: int = 768, v
 
 
 def build_parser():
-    import argparse
+    from onexn_tf import cli
 
-    p = argparse.ArgumentParser(prog="onexn-make-data", description="Write the bundled synthetic dataset "
+    p = cli.Parser(prog="onexn-make-data", description="Write the bundled synthetic dataset "
                                 "(class-per-subfolder PNGs) that onexn-train --dataset folder reads.")
     p.add_argument("out", help="output directory (DATA_DIR/train/<class>, DATA_DIR/val/<class>)")
     p.add_argument("--classes", type=int, default=4)
@@ -86,3 +86,9 @@ def run(argv=None) -> int:
     from onexn_tf import cli
 
     return cli.run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(run())

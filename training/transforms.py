@@ -14,51 +14,10 @@ resizes the shorter side to size·256/224 and centre-crops, for every mode.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from onexn_tf._keras import tf
-from onexn_tf.errors import InvalidArgument
+from training.options import AUGMENT_MODES as MODES, Augmentation, augmentation  # noqa: F401 (re-exported)
 
 EVAL_RESIZE = 256 / 224
-MODES = ("reference", "light", "none")
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """What the training transform does; ``crop_scale`` None = no random crop (the eval transform)."""
-    mode: str = "reference"
-    crop_scale: tuple[float, float] | None = (0.08, 1.0)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: bool = True
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "crop_scale": list(self.crop_scale) if self.crop_scale else None,
-                "aspect": [round(a, 6) for a in self.aspect], "hflip": self.hflip}
-
-
-_PRESETS = {
-    "reference": Augmentation("reference", (0.08, 1.0), (3 / 4, 4 / 3), True),
-    "light": Augmentation("light", (0.64, 1.0), (0.9, 1 / 0.9), False),
-    "none": Augmentation("none", None, (1.0, 1.0), False),
-}
-
-
-def augmentation(mode: str = "reference", crop_scale=None, hflip: bool | None = None) -> Augmentation:
-    """A mode's preset with the user's overrides, checked (``InvalidArgument`` names the flag)."""
-    if mode not in _PRESETS:
-        raise InvalidArgument(f"--augment {mode!r} is not allowed: choose one of {', '.join(MODES)}")
-    preset = _PRESETS[mode]
-    if crop_scale is not None:
-        low, high = (float(v) for v in crop_scale)
-        if mode == "none":
-            raise InvalidArgument("--crop-scale needs --augment reference or light (none takes no random crop)")
-        if not 0 < low <= high <= 1:
-            raise InvalidArgument(f"--crop-scale {low:g} {high:g} is not allowed: it needs 0 < MIN <= MAX <= 1 "
-                                  "(fractions of the image area)")
-        preset = dataclasses.replace(preset, crop_scale=(low, high))
-    if hflip is not None:
-        preset = dataclasses.replace(preset, hflip=bool(hflip))
-    return preset
 
 
 def crop_box(shape, aug: Augmentation, seed=None):
@@ -70,7 +29,7 @@ def crop_box(shape, aug: Augmentation, seed=None):
     return begin, extent
 
 
-def train_transform(image, size: int, aug: Augmentation = _PRESETS["reference"], seed=None):
+def train_transform(image, size: int, aug: Augmentation = augmentation("reference"), seed=None):
     """A training sample: the mode's crop resized to size×size, then the flip if the mode has one."""
     if aug.crop_scale is None:
         out = eval_transform(image, size)

@@ -134,9 +134,8 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     output = targets.check_library_path(output)
     fcompile, linker = targets.linker(spec, output)  # a missing cross compiler fails before any work
     work_dir = Path(work_dir) if work_dir else output.parent / "tvm_tuning"
-    files.check_writable_dir(output.parent)
-    files.check_writable_dir(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    files.check_writable_file(output, "--out")
+    files.check_writable_dir(work_dir, "--work-dir")
     seconds = {}
 
     t = time.time()
@@ -148,8 +147,13 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
     log(f"imported {Path(onnx_path).name}: input {name} {list(shape)}; {len(plan.ops)} ops on our kernels, "
         f"{len(plan.sparse_layers)} of them block-sparse (bsr={options.bsr}), {len(plan.skipped)} layer(s) kept dense "
         f"or left to TVM")
+    if not options.dense and not plan.sparse_layers:
+        log(f"warning: no layer of {Path(onnx_path).name} was rewritten to a block-sparse kernel (none is a 1x1 conv "
+            f"with whole {options.bsr}-row blocks zero at >= {options.min_sparsity:g} sparsity): this build is dense; "
+            "check --bsr against the model's N, or --min-sparsity")
 
     t = time.time()
+    work_dir.mkdir(parents=True, exist_ok=True)  # only once the model is known to be valid
     entries = {}
     measurable = spec.is_host or options.rpc is not None
     if plan.ops and options.tune_kernels and not measurable:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onexn_tf.errors import InvalidArgument
+from onexn_tf.errors import InvalidArgument, first_line
 
 
 def load(path) -> "onnx.ModelProto":
@@ -24,10 +24,11 @@ def load(path) -> "onnx.ModelProto":
         raise InvalidArgument(f"ONNX model {path} does not exist")
     try:
         model = onnx.load(str(path))
-    except Exception as error:  # onnx raises DecodeError / various parse errors for non-ONNX bytes
-        raise InvalidArgument(f"{path} is not an ONNX model ({type(error).__name__})") from None
-    if not model.graph.node:
-        raise InvalidArgument(f"{path} is not an ONNX model (no graph nodes)")
+    except Exception as error:  # protobuf's DecodeError and others: bytes that do not parse
+        raise InvalidArgument(f"{path} cannot be read as an ONNX model: it is truncated, damaged or another kind "
+                              f"of file ({first_line(error)})") from None
+    if not model.graph.node:  # protobuf parses many foreign files as an empty message
+        raise InvalidArgument(f"{path} holds no ONNX graph (no nodes): it is not an ONNX model, or an empty one")
     return model
 
 
