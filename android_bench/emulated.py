@@ -10,6 +10,8 @@ checkout (default ``~/.cache/onexn-tf/arm64``):
   package, downloaded and unpacked, not installed);
 - ``site/``: the aarch64 wheels of apache-tvm and apache-tvm-ffi at the host's versions (pip with
   ``--platform manylinux_2_28_aarch64``; TVM publishes its aarch64 wheels only for that tag);
+- ``litert/`` (only for the TFLite route, :func:`prepare_litert`): the aarch64 wheel of Google's
+  TFLite runtime (``ai-edge-litert``) with XNNPACK, the interpreter an Android app ships;
 - ``bin/python-aarch64``: a launcher. The RPC server starts its worker with ``sys.executable``, which
   the host kernel cannot execute without binfmt_misc; pointing it at the launcher keeps everything in
   user space (no root, no binfmt registration).
@@ -40,6 +42,11 @@ WHEEL_PLATFORM = "manylinux_2_28_aarch64"
 PACKAGES = ("python3-minimal", "libpython3-stdlib", "libstdc++6")
 # What the RPC server imports on the device: TVM, its FFI, and its worker pool's helpers.
 WHEELS = ("apache-tvm", "apache-tvm-ffi", "psutil", "cloudpickle")
+# The LiteRT release built from TensorFlow 2.21 (version string 2.21.0-dev0) with XNNPACK 25b42dfd, the
+# XNNPACK TF 2.21 pins: the sparse-path rules export/xnnpack_sparse.py replays are this one's. Its 2.x
+# aarch64 wheels are tagged manylinux_2_27.
+LITERT = ("ai-edge-litert==2.1.2",)
+LITERT_PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux2014_aarch64")
 LAUNCHER = "python-aarch64"
 READY = "ready.json"
 SERVER_BOOT = ("import runpy, sys; sys.executable = sys.argv.pop(1); sys.argv[0] = 'rpc_server'; "
@@ -64,9 +71,15 @@ class Device:
     def info(self) -> dict:
         return json.loads((self.cache / READY).read_text())
 
-    def env(self, threads: int | None = None) -> dict:
-        """The environment the emulated Python runs in: the aarch64 wheels first, no host user site."""
-        env = {**os.environ, "PYTHONPATH": str(self.cache / "site"), "PYTHONNOUSERSITE": "1"}
+    @property
+    def has_litert(self) -> bool:
+        return (self.cache / "litert" / "ai_edge_litert").is_dir()
+
+    def env(self, threads: int | None = None, *, litert: bool = False) -> dict:
+        """The environment the emulated Python runs in: the aarch64 wheels first (``litert``: the TFLite
+        runtime's instead of TVM's), no host user site."""
+        site = self.cache / ("litert" if litert else "site")
+        env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
         if threads:
             env["TVM_NUM_THREADS"] = str(threads)
         return env
@@ -200,6 +213,22 @@ def _wheels(tmp: Path, python_version: str, log) -> None:
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
           "--platform", WHEEL_PLATFORM, "--only-binary=:all:", "--python-version", python_version,
           "--implementation", "cp", "--target", str(tmp), *pins], "pip install (aarch64 wheels)")
+
+
+def _litert(tmp: Path, python_version: str, log) -> None:
+    log(f"    pip: {' '.join(LITERT)} (and numpy, flatbuffers, protobuf) for aarch64 / Python {python_version}")
+    platforms = [arg for platform in LITERT_PLATFORMS for arg in ("--platform", platform)]
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+          *platforms, "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+          "--target", str(tmp), *LITERT], "pip install (aarch64 ai-edge-litert)")
+
+
+def prepare_litert(cache=None, *, log=print) -> Device:
+    """The emulated device (prepared if needed) with the aarch64 TFLite runtime in ``litert/``."""
+    device = find(cache) or prepare(cache, log=log)
+    _step(device.cache / "litert", "aarch64 TFLite runtime (ai-edge-litert)",
+          lambda tmp: _litert(tmp, device.info["python"], log), log)
+    return device
 
 
 def _launcher(cache: Path, qemu: Path, python: str) -> Path:

@@ -4,6 +4,10 @@
     onexn-export pruned.keras --out exported/ --formats onnx tflite_sparse --opset 17 --onnx-layout nchw
     onexn-export stripped.keras --n 4 --permutations permutations.json --out exported/
     onexn-export runs/v2_1x4 --out exported/ --verify             # re-check artifacts already there
+    onexn-export runs/v2_x --out exported/ --formats tflite_sparse --require-xnnpack-sparse  # for Android
+
+tflite_sparse: every export and --verify also reads the file back and reports, op by op, whether
+TFLite's XNNPACK will run it on its sparse (NCHW) path and why not (sidecar: xnnpack_sparse).
 
 Exit codes: 0 exported and verified; 1 an artifact failed verification (nothing of it is left); 2 a
 usage error (bad source, option or output directory).
@@ -14,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.options import DEFAULT_FORMATS, DEFAULT_OPSET, FORMATS
+from export.options import DEFAULT_FORMATS, DEFAULT_OPSET, FORMATS, check_require_xnnpack_sparse
 from onexn_tf import cli, files
 from onexn_tf.options import ARCHITECTURES, CRITERIA, check_n
 
@@ -37,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("--verify", action="store_true", help="only verify the artifacts already in --out")
+    p.add_argument("--require-xnnpack-sparse", action="store_true",
+                   help="fail (exit 1) unless XNNPACK would run the tflite_sparse file on its sparse path")
     return p
 
 
 def main(args) -> int:
     if args.n is not None:
         check_n(args.n, "--n")
+    check_require_xnnpack_sparse(args.formats, args.require_xnnpack_sparse)
     if not args.source.exists():  # the checks that need no TensorFlow come before importing it
         raise cli.UsageError(f"{args.source}: no such model file or job directory")
     files.check_writable_dir(args.out, "--out")
@@ -51,7 +58,8 @@ def main(args) -> int:
 
     options = exporter.Options(formats=tuple(dict.fromkeys(args.formats)), opset=args.opset,
                                nchw=args.onnx_layout == "nchw", rtol=args.rtol, samples=args.samples,
-                               seed=args.seed, force=args.force)
+                               seed=args.seed, force=args.force,
+                               require_xnnpack_sparse=args.require_xnnpack_sparse)
     try:
         report = exporter.export(args.source, args.out, options=options, verify_only=args.verify,
                                  checkpoint=args.checkpoint, arch=args.arch, n=args.n, criterion=args.criterion,

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from export import onnx_format, savedmodel_format, tflite_format
+from export import onnx_format, savedmodel_format, tflite_format, xnnpack_sparse
 from export.source import ExportSource, load_source, without_softmax
 from export.verify import VerificationError, compare_outputs, match_zero_patterns, summarize
 from onexn_tf import files, inspect, masks, models, provenance, rearrange
 from onexn_tf.errors import InvalidArgument, first_line
 
-from export.options import DEFAULT_FORMATS, FORMATS  # re-exported
+from export.options import DEFAULT_FORMATS, FORMATS, check_require_xnnpack_sparse  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class Options:
     samples: int = 8
     seed: int = 0
     force: bool = False
+    require_xnnpack_sparse: bool = False  # a tflite_sparse file XNNPACK would run dense fails verification
 
 
 def artifact_name(fmt: str) -> str:
@@ -68,6 +69,7 @@ def check_options(out: Path, options: Options, verify_only: bool) -> Options:
         raise InvalidArgument(f"--rtol {options.rtol} is not allowed: it must be in (0, 1)")
     if options.samples < 2:
         raise InvalidArgument(f"--samples {options.samples} is not allowed: verification needs at least 2 inputs")
+    check_require_xnnpack_sparse(options.formats, options.require_xnnpack_sparse)
     files.check_writable_dir(out, "--out")
     for fmt in options.formats:
         path = out / artifact_name(fmt)
@@ -98,6 +100,11 @@ def _verify(fmt, path, source, x, reference, options, check_fn) -> dict:
                                 f"(max abs {check.max_abs_error:.3g}; allowed {options.rtol:g})")
     if not all(m.passed for m in matches):
         raise VerificationError(f"{fmt}: {summarize(matches)}")
+    if fmt == "tflite_sparse":  # will XNNPACK take its sparse path? (read off the file, on any machine)
+        verdict = xnnpack_sparse.check(path)
+        report["xnnpack_sparse"] = verdict.to_dict()
+        if options.require_xnnpack_sparse and not verdict.accepted:
+            raise VerificationError(f"{fmt} (--require-xnnpack-sparse): {verdict.summary()}")
     return report
 
 
@@ -168,6 +175,8 @@ def export(source_path, out, *, options: Options | None = None, verify_only: boo
         check = verification["outputs"]
         progress(f"  ok: max rel error {check['max_rel_error']:.2e}, {verification['layers_checked']} pruned "
                  f"weights exactly 1x{source.spec.n}, {sidecar['size_bytes']} bytes")
+        if "xnnpack_sparse" in verification:
+            progress(f"  {verification['xnnpack_sparse']['summary']}")
         if not check["outputs_vary"]:
             progress("  warning: the outputs barely vary across inputs, so their agreement proves little "
                      "(an untrained model? --logits compares the logits before the softmax)")
@@ -184,4 +193,7 @@ def summary_table(report: dict) -> str:
                      f"{sum(layer['passed'] for layer in result['layers'])}/{result['layers_checked']}",
                      str(result.get("size_bytes", "-"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines += [f"{fmt}: {result['xnnpack_sparse']['summary']}" for fmt, result in report["artifacts"].items()
+              if "xnnpack_sparse" in result]
+    return "\n".join(lines)

@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _SUBMODULES = ("channels", "cloning", "deploy", "files", "inspect", "masks", "models", "rearrange", "schedules",
-               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs", "batchnorm", "options")
+               "selection", "pruning", "errors", "provenance", "cli", "jobs", "rpc", "native_logs", "batchnorm", "options",
+               "xnnpack_ready")
 _NAMES = {
     "MaskSpec": "masks", "compute_mask": "masks",
     "Prune1xN": "pruning", "PruningSummaries": "pruning", "UpdatePruningStep": "pruning", "layer_masks": "pruning",

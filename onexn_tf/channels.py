@@ -137,7 +137,8 @@ def _tfop_kind(layer, node) -> str:
     tensors = node.keras_inputs
     others = [a for a in tf.nest.flatten((node.call_args, node.call_kwargs))
               if not isinstance(a, (str, type(None))) and not any(a is t for t in tensors)]
-    if not all(isinstance(a, (int, float)) for a in others):
+    # numbers, or one-element arrays (the XNNPACK-ready V3's [[[[1/6]]]]): a broadcast keeps channels apart
+    if not all(isinstance(a, (int, float)) or (isinstance(a, (list, tuple)) and np.size(a) == 1) for a in others):
         return "unknown"
     return "tie" if len(tensors) > 1 else "pass"
 

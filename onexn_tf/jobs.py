@@ -33,7 +33,7 @@ MODEL_SETTINGS = {
     "arch": "mobilenet_v2", "alpha": 1.0, "input_size": 224, "pretrained_model": None, "bn_momentum": None,
     "mixed_precision": False, "criterion": "block_l1", "n": 4, "pr_target": 0.5, "rearrange": "none",
     "partial": "inside", "full": False, "schedule": "oneshot", "pruning_end_epoch": None,
-    "pruning_frequency": 100, "epochs": 180, "seed": 0,
+    "pruning_frequency": 100, "epochs": 180, "seed": 0, "xnnpack": False,
 }
 
 
@@ -68,7 +68,15 @@ def settings_from_config(config: dict) -> types.SimpleNamespace:
 
 
 def load_pretrained(settings, classes: int):
-    """The dense starting model: Keras ImageNet weights, a saved model, or weights for the architecture."""
+    """The dense starting model: Keras ImageNet weights, a saved model, or weights for the architecture;
+    with ``settings.xnnpack`` made XNNPACK-ready (:mod:`onexn_tf.xnnpack_ready`), weights kept."""
+    from onexn_tf import xnnpack_ready
+
+    model = _load_pretrained(settings, classes)
+    return xnnpack_ready.xnnpack_ready(model) if settings.xnnpack else model
+
+
+def _load_pretrained(settings, classes: int):
     from onexn_tf import models
     from onexn_tf._keras import keras
 

@@ -6,7 +6,7 @@ Keras hub; ``weights=None`` or a local weights file work offline).
 from __future__ import annotations
 
 from onexn_tf.errors import InvalidArgument
-from onexn_tf import selection
+from onexn_tf import selection, xnnpack_ready
 from onexn_tf._keras import keras
 from onexn_tf.masks import check_choice, kernel_dims
 
@@ -41,14 +41,19 @@ def check_arch(arch: str) -> str:
 
 
 def build(arch: str, *, alpha: float = 1.0, input_shape=(224, 224, 3), classes: int = 1000, weights=None,
-          **kwargs) -> keras.Model:
-    """A Keras MobileNet: ``arch`` in :data:`ARCHITECTURES`; other keyword arguments go to Keras."""
+          xnnpack: bool = False, **kwargs) -> keras.Model:
+    """A Keras MobileNet: ``arch`` in :data:`ARCHITECTURES`; other keyword arguments go to Keras.
+
+    ``xnnpack=True``: the same layers, names and weights, with symmetric padding before every stride-2
+    conv and rank-4 constants (:mod:`onexn_tf.xnnpack_ready`), so that TFLite's XNNPACK can run the
+    pruned model on its sparse path."""
     check_arch(arch)
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise InvalidArgument(f"classes={classes!r} is not allowed: it must be a positive integer")
     if not (isinstance(alpha, (int, float)) and alpha > 0):
         raise InvalidArgument(f"alpha={alpha!r} is not allowed: it must be a positive number")
-    return _BUILDERS[arch](input_shape=tuple(input_shape), alpha=alpha, classes=classes, weights=weights, **kwargs)
+    model = _BUILDERS[arch](input_shape=tuple(input_shape), alpha=alpha, classes=classes, weights=weights, **kwargs)
+    return xnnpack_ready.xnnpack_ready(model) if xnnpack else model
 
 
 def preprocess_input(arch: str):

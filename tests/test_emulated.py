@@ -69,3 +69,33 @@ def test_aarch64_build_runs_on_the_emulated_device_and_matches(pruned_mobilenet_
     assert module["verification"]["max_rel_error"] < 1e-4
     assert module["stats"]["count"] == 3 and module["stats"]["min"] > 0
     assert report["emulated"] and "NOT device timings" in report["note"] and "NOT device timings" in printed
+
+
+def test_tflite_files_run_on_the_emulated_device_with_xnnpack_and_match_keras(tmp_path):
+    """The TFLite route: the aarch64 TFLite runtime (LiteRT, XNNPACK on) runs the dense file, the
+    XNNPACK-ready sparse file and a stock-padding sparse file; each equals Keras on varying logits.
+    Which of them took XNNPACK's sparse path shows only in their timings (benchmarks/xnnpack_arm.py)."""
+    import onexn_tf
+    from android_bench import tflite_emulated
+    from export import tflite_format, xnnpack_sparse
+    from test_xnnpack_sparse import pruned, ready_model, small_model, synthetic_batch
+
+    device = emulated.prepare_litert(log=print)
+    ready = onexn_tf.strip(pruned(ready_model("mobilenet_v2"), "mobilenet_v2", 0.75))
+    stock = onexn_tf.strip(pruned(small_model("mobilenet_v2"), "mobilenet_v2", 0.75))
+    files = {"dense": tmp_path / "ready.tflite", "sparse": tmp_path / "ready_sparse.tflite",
+             "stock_sparse": tmp_path / "stock_sparse.tflite"}
+    tflite_format.write(ready, files["dense"])
+    tflite_format.write(ready, files["sparse"], sparse=True)
+    tflite_format.write(stock, files["stock_sparse"], sparse=True)
+    assert xnnpack_sparse.check(files["sparse"]).accepted and not xnnpack_sparse.check(files["stock_sparse"]).accepted
+    x = synthetic_batch(ready, 3, seed=11, arch="mobilenet_v2")[0]
+    report = tflite_emulated.run(device, files, x, rounds=2)
+    assert report["xnnpack_delegate"] and report["runtime"].startswith("ai-edge-litert 2.1.2")
+    for label, keras_model in (("dense", ready), ("sparse", ready), ("stock_sparse", stock)):
+        want = keras_model(x, training=False).numpy()
+        got = report["models"][label]["outputs"]
+        scale = np.abs(want).max()
+        assert want.std(axis=0).mean() > 1e-3 * scale, "logits do not vary across inputs"
+        assert np.abs(got - want).max() <= 1e-4 * scale, label
+        assert report["models"][label]["stats"]["count"] == 2

@@ -279,13 +279,14 @@ def test_pruned_mobilenet_threshold_zero_rewrites_dense_layers_too(pruned_mobile
     assert sidecar["verification"]["passed"]
 
 
-def pruned_small_onnx(arch: str, tmp_path, nchw: bool):
-    """(pruned Keras model, its deployable strip, ONNX path) of a small calibrated MobileNet, 1×4 at 0.5."""
+def pruned_small_onnx(arch: str, tmp_path, nchw: bool, xnnpack: bool = False):
+    """(pruned Keras model, its deployable strip, ONNX path) of a small calibrated MobileNet, 1×4 at 0.5
+    (``xnnpack``: its XNNPACK-ready variant)."""
     import onexn_tf as ox
     from conftest import calibrate_pruned, small_model, synthetic_batch
     from export import onnx_format
 
-    model = small_model(arch)
+    model = ox.xnnpack_ready.xnnpack_ready(small_model(arch)) if xnnpack else small_model(arch)
     pruned = ox.prune_1xn(model, n=4, sparsity=0.5)
     ox.update_masks(pruned)
     calibrate_pruned(pruned, synthetic_batch(model, 16, seed=3, arch=arch)[0])
@@ -295,16 +296,19 @@ def pruned_small_onnx(arch: str, tmp_path, nchw: bool):
     return pruned, deployed, path
 
 
-@pytest.mark.parametrize("arch, nchw", [("mobilenet_v1", True), ("mobilenet_v3_small", True), ("mobilenet_v2", False)])
-def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, tmp_path, rng):
+@pytest.mark.parametrize("arch, nchw, xnnpack", [("mobilenet_v1", True, False), ("mobilenet_v3_small", True, False),
+                                                 ("mobilenet_v2", False, False), ("mobilenet_v1", False, True),
+                                                 ("mobilenet_v3_small", True, True)])
+def test_whole_pruned_mobilenet_runs_on_our_kernels(arch, nchw, xnnpack, tmp_path, rng):
     """Every operation of a pruned MobileNet (stem, depthwise, pointwise, squeeze-excite, hard-swish,
-    pooling, classifier) is one of our kernels, and the build reproduces onnxruntime on varying logits."""
+    pooling, classifier) is one of our kernels, and the build reproduces onnxruntime on varying logits;
+    the XNNPACK-ready variants (symmetric padding, a reshape after the pooling) too."""
     import collections
 
     import onexn_tf as ox
     from onexn_tf._keras import keras
 
-    pruned, deployed, path = pruned_small_onnx(arch, tmp_path, nchw)
+    pruned, deployed, path = pruned_small_onnx(arch, tmp_path, nchw, xnnpack)
     out = tmp_path / f"{arch}.so"
     sidecar = compiler.compile_onnx(path, out, options=compiler.Options(tune_kernels=False, progress=False),
                                     log=lambda *_: None)

@@ -152,7 +152,8 @@ def run_job(args) -> dict:
         final_top1, final_top5 = [float(v) for v in model.evaluate(splits.val, verbose=0)[1:3]]
     history = read_log(job / "log.csv")
     results = {
-        "arch": args.arch, "alpha": args.alpha, "input_size": args.input_size, "dataset": args.dataset,
+        "arch": args.arch, "alpha": args.alpha, "input_size": args.input_size, "xnnpack": args.xnnpack,
+        "dataset": args.dataset,
         "num_classes": splits.num_classes, "train_examples": splits.train_examples,
         "val_examples": splits.val_examples, "n": args.n, "criterion": args.criterion,
         "pr_target": args.pr_target if args.criterion != "dense" else 0.0, "rearrange": args.rearrange,

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
     g.add_argument("--pretrained-model", help="'imagenet' (Keras weights, needs internet) or a local "
                    ".h5 / .keras / SavedModel path (a whole model or weights for --arch)")
+    g.add_argument("--xnnpack", action="store_true",
+                   help="symmetric padding before every stride-2 conv (same layers and weights), so TFLite's "
+                        "XNNPACK can run the pruned model on its sparse path (see README, Android with TFLite)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="folder", help="a tensorflow-datasets name (e.g. imagenet2012) or "
                    "'folder' for DATA_DIR/<split>/<class>/<image>")
