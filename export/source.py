@@ -90,7 +90,8 @@ def _from_pruned(pruned, description: str, arch: str | None) -> ExportSource:
 
 
 def _from_stripped(stripped, orders: dict | None, *, n: int | None, criterion: str, partial: str,
-                   target: float | None, arch: str | None, description: str) -> ExportSource:
+                   target: float | dict | None, arch: str | None, description: str) -> ExportSource:
+    """``target``: the rate of every pruned layer, or a rate per layer name (None: unknown)."""
     if n is None:
         raise InvalidArgument("the model has no pruning wrappers: give --n (its block height N) to check the export")
     if orders:
@@ -101,8 +102,8 @@ def _from_stripped(stripped, orders: dict | None, *, n: int | None, criterion: s
         pruned = [layer.name for layer in deployed.layers if hasattr(layer, "kernel")
                   and onexn_tf.selection.unprunable_reason(layer) is None and np.any(layer.kernel.numpy() == 0)]
     spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial)
-    return ExportSource(deployed, record, spec, {name: target for name in pruned}, arch or guess_arch(deployed),
-                        description)
+    targets = {name: target.get(name) if isinstance(target, dict) else target for name in pruned}
+    return ExportSource(deployed, record, spec, targets, arch or guess_arch(deployed), description)
 
 
 def load_source(path, *, checkpoint: str | None = None, arch: str | None = None, n: int | None = None,
@@ -145,4 +146,10 @@ def _from_job(job: Path, checkpoint: str | None, arch: str | None) -> ExportSour
     dense = results.get("criterion") == "dense"
     return _from_stripped(stripped, orders or None, n=results.get("n", 4),
                           criterion="block_l1" if dense else results["criterion"], partial=results.get("partial", "inside"),
-                          target=None if dense else results.get("pr_target"), arch=arch, description=f"job {job}")
+                          target=None if dense else _job_targets(results), arch=arch, description=f"job {job}")
+
+
+def _job_targets(results: dict) -> float | dict | None:
+    """A finished job's target rates: per layer as trained (``--pr-config`` or not), else ``pr_target``."""
+    per_layer = {layer["layer"]: layer["target_sparsity"] for layer in results.get("layers", [])}
+    return per_layer or results.get("pr_target")

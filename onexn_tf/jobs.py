@@ -33,7 +33,7 @@ MODEL_SETTINGS = {
     "arch": "mobilenet_v2", "alpha": 1.0, "input_size": 224, "pretrained_model": None, "bn_momentum": None,
     "mixed_precision": False, "criterion": "block_l1", "n": 4, "pr_target": 0.5, "rearrange": "none",
     "partial": "inside", "full": False, "schedule": "oneshot", "pruning_end_epoch": None,
-    "pruning_frequency": 100, "epochs": 180, "seed": 0, "xnnpack": False,
+    "pruning_frequency": 100, "epochs": 180, "seed": 0, "xnnpack": False, "layer_rates": None,
 }
 
 
@@ -131,11 +131,19 @@ def _h5_has_model(path: str) -> bool:
 
 
 def make_schedule(settings, steps_per_epoch: int):
-    if settings.schedule == "oneshot":
-        return onexn_tf.OneShotSparsity(settings.pr_target)
+    """The job's pruning schedule: one for every layer (``--pr-target``), or with ``--pr-config`` a
+    mapping layer -> schedule (None for a layer at rate 0, which stays dense)."""
     end_epoch = settings.pruning_end_epoch if settings.pruning_end_epoch is not None else max(1, settings.epochs // 2)
-    return onexn_tf.PolynomialDecay(0.0, settings.pr_target, begin_step=1,
-                                    end_step=max(2, end_epoch * steps_per_epoch), frequency=settings.pruning_frequency)
+
+    def schedule(rate: float):
+        if settings.schedule == "oneshot":
+            return onexn_tf.OneShotSparsity(rate)
+        return onexn_tf.PolynomialDecay(0.0, rate, begin_step=1, end_step=max(2, end_epoch * steps_per_epoch),
+                                        frequency=settings.pruning_frequency)
+
+    if settings.layer_rates:
+        return {name: schedule(rate) if rate > 0 else None for name, rate in settings.layer_rates.items()}
+    return schedule(settings.pr_target)
 
 
 def bn_momentum(settings, steps_per_epoch: int) -> dict:
@@ -162,10 +170,28 @@ def build_model(settings, classes: int, steps_per_epoch: int):
         model = keras.Model(model.inputs, keras.layers.Activation("linear", dtype="float32", name="output_float32")(
             model.outputs[0]), name=model.name)
     if settings.criterion != "dense":
+        if settings.layer_rates:
+            check_layer_rates(model, settings.layer_rates)
         model = onexn_tf.prune_1xn(model, n=settings.n, pruning_schedule=make_schedule(settings, steps_per_epoch),
                                    criterion=settings.criterion, rearrange=settings.rearrange,
                                    partial=settings.partial, full=settings.full, seed=settings.seed)
     return model
+
+
+def check_layer_rates(model, rates: dict) -> None:
+    """``--pr-config``'s layers against the model: each must exist and be prunable."""
+    from onexn_tf import selection
+
+    layers = {layer.name: layer for layer in selection.leaf_layers(model)}
+    prunable = selection.default_selection(model, full=True)
+    unknown = [name for name in rates if name not in layers]
+    if unknown:
+        raise InvalidArgument(f"--pr-config names layers that are not in the model: {unknown} (its prunable layers: "
+                              f"{', '.join(prunable[:5])}{', ...' if len(prunable) > 5 else ''})")
+    for name in rates:
+        reason = selection.unprunable_reason(layers[name])
+        if reason:
+            raise InvalidArgument(f"--pr-config: {reason}")
 
 
 def rebuild_pruned_model(job, checkpoint: str = "best"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -220,18 +221,60 @@ def pruning_wrappers(model) -> list[Prune1xN]:
     return [layer for layer in pruning_wrapper.collect_prunable_layers(model) if isinstance(layer, Prune1xN)]
 
 
-def _resolve_schedule(sparsity, pruning_schedule):
-    if pruning_schedule is not None:
-        if sparsity is not None:
-            raise InvalidArgument("give either sparsity or pruning_schedule, not both")
-        if not isinstance(pruning_schedule, schedules.PruningSchedule):
-            raise InvalidArgument(f"pruning_schedule={pruning_schedule!r} is not allowed: pass a tfmot PruningSchedule "
-                             "(ConstantSparsity, PolynomialDecay, OneShotSparsity)")
-        return pruning_schedule
-    return schedules.OneShotSparsity(0.5 if sparsity is None else masks.check_sparsity(sparsity))
+def _checked_schedule(schedule, what: str):
+    if not isinstance(schedule, schedules.PruningSchedule):
+        raise InvalidArgument(f"{what}={schedule!r} is not allowed: pass a tfmot PruningSchedule "
+                              "(ConstantSparsity, PolynomialDecay, OneShotSparsity)")
+    return schedule
 
 
-def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_schedule=None,
+def _per_layer(value) -> bool:
+    return isinstance(value, Mapping) or (callable(value) and not isinstance(value, schedules.PruningSchedule))
+
+
+def _layer_schedules(layers: dict, chosen: list[str], sparsity, pruning_schedule) -> dict:
+    """Each chosen layer's schedule (a layer whose rate is 0 or None is left out): ``sparsity`` or
+    ``pruning_schedule`` given once for all, per layer name (a mapping), or per layer (a callable)."""
+    if sparsity is not None and pruning_schedule is not None:
+        raise InvalidArgument("give either sparsity or pruning_schedule, not both")
+    given, what = (pruning_schedule, "pruning_schedule") if pruning_schedule is not None else (sparsity, "sparsity")
+    out = {}
+    for name in chosen:
+        if isinstance(given, Mapping):
+            value = given.get(name)
+        elif _per_layer(given):
+            value = given(layers[name])
+        else:
+            value = given
+        if what == "pruning_schedule":
+            if value is not None:
+                out[name] = _checked_schedule(value, f"pruning_schedule[{name!r}]" if _per_layer(given) else what)
+            continue
+        if value is None and given is None:
+            value = 0.5
+        if value is None:
+            continue
+        rate = masks.check_sparsity(value, f"sparsity[{name!r}]" if _per_layer(given) else "sparsity")
+        if rate > 0:
+            out[name] = schedules.OneShotSparsity(rate)
+    return out
+
+
+def _mapping_layers(model, mapping: Mapping, what: str, layer_filter) -> list[str]:
+    """The layers a per-layer mapping names, checked against the model (every one must exist and be
+    prunable)."""
+    if layer_filter is not None:
+        raise InvalidArgument(f"give the layers either as {what}'s keys or as layer_filter, not both")
+    known = {layer.name for layer in selection.leaf_layers(model)}
+    unknown = [name for name in mapping if name not in known]
+    if unknown:
+        prunable = selection.default_selection(model, full=True)
+        raise InvalidArgument(f"{what} names layers that are not in model {model.name!r}: {unknown} (its prunable "
+                              f"layers: {', '.join(prunable[:6])}{', ...' if len(prunable) > 6 else ''})")
+    return list(mapping)
+
+
+def prune_1xn(to_prune, *, n: int = 4, sparsity=None, pruning_schedule=None,
               criterion: str = "block_l1", rearrange: bool | str = False, partial: str = "inside",
               full: bool = False, layer_filter: selection.LayerFilter = None, seed: int = 0):
     """Wrap a model's (or one layer's) prunable layers for 1×N pruning during ``model.fit``.
@@ -240,6 +283,11 @@ def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_sc
     current weights and kept, as the reference does; default 0.5) or a tfmot ``pruning_schedule``
     (``ConstantSparsity``, ``PolynomialDecay``, :class:`OneShotSparsity`). Train with tfmot's
     ``UpdatePruningStep`` callback; finish with :func:`strip` (or :func:`onexn_tf.deploy.deployable`).
+
+    Per-layer rates: ``sparsity={"layer": p, ...}`` prunes exactly the named layers, each at its own
+    rate (the seed's ``pr_cfg``; a rate of 0 leaves a layer dense), and ``pruning_schedule`` takes a
+    mapping of schedules the same way; either may also be a callable ``layer -> rate | schedule |
+    None`` asked for each layer of the selection (None: not pruned).
 
     ``rearrange``: ``"none"`` (or False), ``"reference"`` (or True: the seed's ``--rearrange``) or
     ``"groups"`` (see :mod:`onexn_tf.rearrange`); block orders come from the weights the model has
@@ -251,9 +299,8 @@ def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_sc
     """
     spec = masks.MaskSpec(n=n, criterion=criterion, partial=partial)
     policy = rearranging.resolve_policy(rearrange)
-    schedule = _resolve_schedule(sparsity, pruning_schedule)
 
-    def wrap(layer, ordered):
+    def wrap(layer, ordered, schedule):
         return Prune1xN(layer, pruning_schedule=schedule, n=spec.n, criterion=spec.criterion,
                         partial=spec.partial, rearrange=ordered, seed=seed)
 
@@ -261,20 +308,33 @@ def prune_1xn(to_prune, *, n: int = 4, sparsity: float | None = None, pruning_sc
         cloning.check_graph_model(to_prune)
         if pruning_wrappers(to_prune):
             raise InvalidArgument(f"model {to_prune.name!r} is already pruned: strip it first")
-        chosen = set(selection.select_layers(to_prune, full=full, layer_filter=layer_filter))
+        for given, what in ((sparsity, "sparsity"), (pruning_schedule, "pruning_schedule")):
+            if isinstance(given, Mapping):
+                layer_filter = _mapping_layers(to_prune, given, what, layer_filter)
+        layers = {layer.name: layer for layer in selection.leaf_layers(to_prune)}
+        selected = selection.select_layers(to_prune, full=full, layer_filter=layer_filter)
+        schedule_of = _layer_schedules(layers, selected, sparsity, pruning_schedule)
+        if not schedule_of:
+            raise InvalidArgument(f"no layer of model {to_prune.name!r} is left to prune: every selected layer's rate "
+                                  "is 0 or None")
+        chosen = set(schedule_of)
         orders = {}
         if spec.criterion in masks.BLOCK_CRITERIA:
             orders = rearranging.policy_permutations(to_prune, chosen, policy)
         pruned = cloning.clone(to_prune, lambda layer: (
             layer.get_weights(),
-            (lambda: wrap(cloning.fresh(layer), layer.name in orders)) if layer.name in chosen
+            (lambda: wrap(cloning.fresh(layer), layer.name in orders, schedule_of[layer.name])) if layer.name in chosen
             else (lambda: cloning.fresh(layer))))
         for wrapper in pruning_wrappers(pruned):
             if wrapper.layer.name in orders:
                 wrapper.permutation.assign(orders[wrapper.layer.name])
         return pruned
     if isinstance(to_prune, keras.layers.Layer):
-        return wrap(to_prune, policy != "none")
+        schedule_of = _layer_schedules({to_prune.name: to_prune}, [to_prune.name], sparsity, pruning_schedule)
+        if to_prune.name not in schedule_of:
+            raise InvalidArgument(f"layer {to_prune.name!r} gets no rate (0 or None, or missing from the mapping): "
+                                  "nothing to prune")
+        return wrap(to_prune, policy != "none", schedule_of[to_prune.name])
     raise InvalidArgument(f"to_prune={to_prune!r} is not allowed: pass a functional/Sequential keras.Model or a layer")
 
 

@@ -161,8 +161,13 @@ def test_mirrored_strategy_over_two_logical_cpus(folder, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "unknown_tfds", "missing_pretrained", "batch",
-                                  "n_wrap", "tfds_unprepared", "resume_nothing"])
+                                  "n_wrap", "tfds_unprepared", "pr_unknown", "pr_unprunable", "resume_nothing"])
 def test_bad_input_is_one_clear_line(case, folder, tmp_path):
+    def rates_file(rates):
+        path = tmp_path / f"rates_{len(list(tmp_path.glob('rates_*')))}.json"
+        path.write_text(json.dumps(rates))
+        return path
+
     empty = tmp_path / "empty"
     (empty / "train" / "a").mkdir(parents=True)
     (empty / "val" / "a").mkdir(parents=True)
@@ -178,6 +183,10 @@ def test_bad_input_is_one_clear_line(case, folder, tmp_path):
                    "partial='wrap' needs C_in*C_out divisible by N"),
         "tfds_unprepared": (["--dataset", "mnist", "--data-dir", str(tmp_path / "tfds")],
                             "tfds dataset 'mnist' is not prepared in --data-dir"),
+        "pr_unknown": (["--data-dir", str(folder), "--pr-config", str(rates_file({"conv_pw_1": 0.5, "fc9": 0.5}))],
+                       "--pr-config names layers that are not in the model: ['fc9']"),
+        "pr_unprunable": (["--data-dir", str(folder), "--pr-config", str(rates_file({"conv_dw_1": 0.5}))],
+                          "--pr-config: layer 'conv_dw_1' (DepthwiseConv2D) is not prunable"),
         "resume_nothing": (["--data-dir", str(folder), "--resume", "--job-dir", str(tmp_path / "job")],
                            "holds no onexn-train run (no config.json): nothing to resume"),
     }[case]

@@ -116,6 +116,13 @@ BEFORE_TENSORFLOW = [
      "--crop-scale needs --augment reference or light"),
     ("onexn-train", "training", ["--job-dir", "{tmp}/j", "--pretrained-model", "{tmp}/missing.h5"],
      "--pretrained-model {tmp}/missing.h5: no such file or directory"),
+    ("onexn-train", "training", ["--job-dir", "{tmp}/j", "--pr-config", "{tmp}/none.json"],
+     "--pr-config {tmp}/none.json: no such file"),
+    ("onexn-train", "training", ["--job-dir", "{tmp}/j", "--pr-config", "{file}"], "--pr-config {file} is not JSON"),
+    ("onexn-train", "training", ["--job-dir", "{tmp}/j", "--pr-config", "{json}"],
+     "--pr-config {json} must hold a JSON object of layer rates"),
+    ("onexn-train", "training", ["--job-dir", "{tmp}/j", "--pr-config", "{rates}"],
+     "layer 'conv_pw_1' has rate 1.5: rates must be numbers in [0, 1)"),
     ("onexn-eval", "training.evaluate", ["{tmp}/missing.keras", "--dataset", "folder"],
      "{tmp}/missing.keras: no such model file, SavedModel or onexn-train job directory"),
     ("onexn-eval", "training.evaluate", ["{foreign}", "--dataset", "folder"], "--arch is required"),
@@ -186,6 +193,8 @@ def test_mistakes_are_one_line_before_tensorflow(prog, module, argv, message, tm
     places["bench"].mkdir()
     (places["bench"] / "results.json").write_text('{"status": "complete"}\n')
     places["json"].write_text("{}\n")
+    places["rates"] = tmp_path / "rates.json"
+    places["rates"].write_text('{"conv_pw_1": 1.5}\n')
     places["unfinished"].mkdir()
     (places["unfinished"] / "config.json").write_text('{"arch": "mobilenet_v1", "dataset": "folder"}\n')
     before = _tree(tmp_path)

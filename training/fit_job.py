@@ -18,7 +18,7 @@ def config_values(args) -> dict:
     """The job's options for config.json, with every local path made absolute, so the job dir can be
     read (onexn-eval, onexn-export) from any working directory."""
     values = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for key in ("data_dir", "manual_dir", "job_dir", "pretrained_model"):
+    for key in ("data_dir", "manual_dir", "job_dir", "pretrained_model", "pr_config"):
         if values.get(key) and values[key] != "imagenet" and "://" not in values[key]:  # not gs://, s3://
             values[key] = str(Path(values[key]).expanduser().resolve())
     return values
@@ -156,7 +156,8 @@ def run_job(args) -> dict:
         "dataset": args.dataset,
         "num_classes": splits.num_classes, "train_examples": splits.train_examples,
         "val_examples": splits.val_examples, "n": args.n, "criterion": args.criterion,
-        "pr_target": args.pr_target if args.criterion != "dense" else 0.0, "rearrange": args.rearrange,
+        "pr_target": (None if args.layer_rates else args.pr_target) if args.criterion != "dense" else 0.0,
+        "layer_rates": args.layer_rates, "rearrange": args.rearrange,
         "partial": args.partial, "full": args.full, "schedule": args.schedule,
         "augmentation": augmentation.to_dict(), "val_fraction": args.val_fraction,
         "bn_momentum": momentum,

@@ -77,3 +77,23 @@ def check_cluster() -> None:
         json.loads(os.environ["TF_CONFIG"])
     except json.JSONDecodeError as error:
         raise UsageError(f"TF_CONFIG is not valid JSON ({error}): e.g. {TF_CONFIG_EXAMPLE}") from None
+
+
+def load_pr_config(path) -> dict[str, float]:
+    """``--pr-config FILE.json``: ``{"layer": rate, ...}``, every rate in [0, 1) (0: the layer stays
+    dense). Which layers exist and can be pruned is checked against the model when it is built."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--pr-config {path}: no such file")
+    try:
+        rates = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--pr-config {path} is not JSON ({error})") from None
+    if not isinstance(rates, dict) or not rates:
+        raise UsageError(f'--pr-config {path} must hold a JSON object of layer rates, e.g. {{"conv_pw_1": 0.5}}')
+    for name, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise UsageError(f"--pr-config {path}: layer {name!r} has rate {rate!r}: rates must be numbers in [0, 1)")
+    return {name: float(rate) for name, rate in rates.items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 from onexn_tf import cli, files, jobs
 from onexn_tf.options import ARCHITECTURES, PARTIAL_MODES, REARRANGE_POLICIES, check_n, check_sparsity
 from training.options import (AUGMENT_MODES, LR_POLICIES, STRATEGIES, TRAIN_CRITERIA, augmentation,
-                              check_cluster, check_val_fraction)
+                              check_cluster, check_val_fraction, load_pr_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random horizontal flips (default: on for reference, off for light and none)")
     g = p.add_argument_group("pruning")
     g.add_argument("--pr-target", type=float, default=0.5, help="per-layer pruning rate p")
+    g.add_argument("--pr-config", type=Path, metavar="FILE.json",
+                   help='a rate per layer instead of --pr-target: {"layer": p, ...} (the seed\'s pr_cfg; '
+                        "onexn-plan choose writes one); only the named layers are pruned")
     g.add_argument("--N", dest="n", type=int, default=4, help="block height (output channels per block)")
     g.add_argument("--criterion", default="block_l1", choices=TRAIN_CRITERIA,
                    help="the seed's --conv_type: BlockL1Conv=block_l1, BlockRandomConv=block_random, "
@@ -113,6 +116,9 @@ def check_args(args) -> None:
             raise cli.UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: it must be >= {low}")
     check_n(args.n, "--N")
     check_sparsity(args.pr_target, "--pr-target")
+    args.layer_rates = load_pr_config(args.pr_config) if args.pr_config else None
+    if args.layer_rates and args.criterion == "dense":
+        raise cli.UsageError("--pr-config sets pruning rates: it needs a pruning --criterion, not dense")
     if args.bn_momentum is not None and not 0 <= args.bn_momentum < 1:
         raise cli.UsageError(f"--bn-momentum={args.bn_momentum} is not allowed: it must be in [0, 1)")
     if args.bn_recalibration < 0:
