@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-samples", type=int, default=256)
     p.add_argument("--n", type=int, default=4, help="block height N (default 4)")
     p.add_argument("--sparsity", type=float, default=0.5, help="per-layer pruning rate p (default 0.5)")
+    p.add_argument("--budget-speedup", type=float, metavar="S",
+                   help="instead of one --sparsity: per-layer rates chosen by onexn-plan (latencies measured here) "
+                        "for a predicted S x speedup over the dense build")
     p.add_argument("--criterion", default="block_l1", choices=CRITERIA)
     p.add_argument("--rearrange", default="groups", choices=REARRANGE_POLICIES,
                    help="filter rearrangement policy (default groups)")
@@ -66,6 +69,8 @@ def _check(args):
         raise cli.UsageError(f"--image-size={args.image_size} is not allowed: Keras MobileNets need at least 32 pixels")
     check_n(args.n, "--n")
     check_sparsity(args.sparsity, "--sparsity")
+    if args.budget_speedup is not None and args.budget_speedup <= 0:
+        raise cli.UsageError(f"--budget-speedup={args.budget_speedup:g} is not allowed: it must be positive")
     for p in args.probes:
         check_sparsity(p, "--probes")
     if args.trials < 0:
@@ -81,7 +86,7 @@ def _check(args):
 
 
 # What the demo writes into --out (its data may be reused by a rerun into the same directory).
-DEMO_NAMES = {"data", "dense", "pruned", "deployed_model.keras", "permutation.json", "exported", "tvm", "bench",
+DEMO_NAMES = {"data", "dense", "plan", "pruned", "deployed_model.keras", "permutation.json", "exported", "tvm", "bench",
               "report.json", "report.md", "latency_vs_sparsity.png", "layer_sparsity.png"}
 
 
@@ -113,12 +118,13 @@ def train_and_deploy(args) -> dict:
     dense = train.run_job(_train_args(args, "dense", "--criterion", "dense", "--epochs", str(args.dense_epochs),
                                       "--lr", "0.05"))
 
-    print(f"[3/8] 1x{args.n} pruning at p={args.sparsity} ({args.criterion}, rearrange={args.rearrange}, one-shot), "
-          f"{args.prune_epochs} fine-tuning epochs")
+    plan = plan_stage(args) if args.budget_speedup else None
+    rates = ["--pr-config", str(args.out / "plan" / "rates.json")] if plan else ["--pr-target", str(args.sparsity)]
+    print(f"[3/8] 1x{args.n} pruning at " + ("the planned rates" if plan else f"p={args.sparsity}")
+          + f" ({args.criterion}, rearrange={args.rearrange}, one-shot), {args.prune_epochs} fine-tuning epochs")
     pruned = train.run_job(_train_args(
         args, "pruned", "--pretrained-model", str(args.out / "dense" / "model.keras"), "--criterion", args.criterion,
-        "--N", str(args.n), "--pr-target", str(args.sparsity), "--rearrange", args.rearrange,
-        "--epochs", str(args.prune_epochs), "--lr", "0.01"))
+        "--N", str(args.n), *rates, "--rearrange", args.rearrange, "--epochs", str(args.prune_epochs), "--lr", "0.01"))
 
     print("[4/8] permute channels for deployment, evaluate")
     stripped = keras.models.load_model(args.out / "pruned" / "model.keras")
@@ -139,13 +145,38 @@ def train_and_deploy(args) -> dict:
     return {
         "arch": args.arch, "alpha": args.alpha, "image_size": args.image_size, "classes": args.classes,
         "n": args.n, "sparsity": args.sparsity, "criterion": args.criterion, "rearrange": args.rearrange,
-        "accuracy": accuracy,
+        "accuracy": accuracy, "plan": plan,
         "pruned_top1_per_epoch": [e["top1"] for e in pruned["epochs"]],
         "dense_top1_per_epoch": [e["top1"] for e in dense["epochs"]],
         "all_layers_exact_1xn": all(r.exact for r in layers) and all(r.structured for r in contiguous),
         "permuted_channel_groups": sum(g["permuted"] for g in record["groups"]),
         "layers": [{**layer, "exact": r.exact} for layer, r in zip(pruned["layers"], layers)],
     }, sample
+
+
+def plan_stage(args) -> dict:
+    """Per-layer rates for ``--budget-speedup``: the dense model's latency table measured here (its
+    kernel timings land in the TVM builds' work dir, which reuses them), then the knapsack."""
+    from android_bench import planning
+    from export import onnx_format
+    from export.tvm import latency_table
+    from onexn_tf._keras import keras
+
+    plan_dir = args.out / "plan"
+    plan_dir.mkdir(exist_ok=True)
+    dense = keras.models.load_model(args.out / "dense" / "model.keras", compile=False)
+    onnx_format.write(dense, plan_dir / "dense.onnx", nchw=True)
+    print(f"[2b/8] onexn-plan: the dense model's latency table on this machine, then rates for a predicted "
+          f"{args.budget_speedup:g}x speedup (kept block L1)")
+    table = latency_table.measure(plan_dir / "dense.onnx", bsr=args.n, work_dir=args.out / "tvm" / "tvm_tuning",
+                                  log=lambda m: print(f"  {m}"))
+    latency_table.save(table, plan_dir / "table.json")
+    plan = planning.choose(dense, table, speedup=args.budget_speedup)
+    files.write_json(plan_dir / "rates.json", plan["rates"])
+    files.write_json(plan_dir / "rates_plan.json", plan)
+    print(f"  predicted {plan['predicted_ms']:.3f} ms (dense {plan['dense_predicted_ms']:.3f} ms); rates "
+          + ", ".join(f"{name} {rate:g}" for name, rate in plan["rates"].items()))
+    return {"speedup": args.budget_speedup, **plan}
 
 
 def export_stage(args) -> dict:
@@ -200,10 +231,16 @@ def main(args) -> int:
         summary["export"] = export_stage(args)
     if args.stop_after is None:
         summary["latency"], summary["builds"] = measure_stage(args, sample)
+        if summary["plan"]:  # the plan's prediction against the trained model's build, measured
+            row = next(r for r in summary["latency"]["rows"] if r["label"] == f"tvm_1x{args.n}")
+            if row["median"]:
+                summary["plan"].update(measured_ms=row["median"],
+                                       prediction_error=summary["plan"]["predicted_ms"] / row["median"] - 1)
     from android_bench import report
 
     print("[8/8] report")
-    report.plot_layer_sparsity(summary["layers"], args.sparsity, args.out / report.LAYER_PLOT)
+    report.plot_layer_sparsity(summary["layers"], None if summary["plan"] else args.sparsity,
+                               args.out / report.LAYER_PLOT)
     summary["machine"] = {"cores": os.cpu_count()}
     summary["wall_time_s"] = round(time.time() - started, 1)
     files.write_json(args.out / "report.json", summary)

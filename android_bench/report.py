@@ -31,8 +31,8 @@ def latency_rows(measured: dict) -> list[dict]:
     return rows
 
 
-def plot_layer_sparsity(layers: list[dict], target: float, path) -> None:
-    """Zero-block fraction per pruned layer, against the target rate."""
+def plot_layer_sparsity(layers: list[dict], target: float | None, path) -> None:
+    """Zero-block fraction per pruned layer, against the target rate (None: each layer's own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,7 +42,11 @@ def plot_layer_sparsity(layers: list[dict], target: float, path) -> None:
     values = [layer["zero_blocks"] / layer["blocks"] for layer in layers]
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(names)), 4))
     ax.bar(range(len(names)), values, color="C0")
-    ax.axhline(target, color="C3", linestyle="--", label=f"target p = {target:g}")
+    if target is None:
+        ax.scatter(range(len(names)), [layer["target_sparsity"] for layer in layers], color="C3", marker="_", s=80,
+                   label="each layer's planned rate", zorder=3)
+    else:
+        ax.axhline(target, color="C3", linestyle="--", label=f"target p = {target:g}")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax.set_ylabel("zero blocks / blocks")
     ax.set_ylim(0, 1)
@@ -73,10 +77,13 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def markdown(report: dict) -> str:
     """``report.md`` from the demo's ``report.json`` contents."""
     acc = report["accuracy"]
+    plan = report.get("plan")
+    rate = (f"per-layer rates planned for a predicted {plan['speedup']:g}× speedup (onexn-plan)" if plan
+            else f"p = {report['sparsity']}")
     out = ["# onexn-tf demo report",
            "",
            f"{report['arch']} alpha {report['alpha']}, {report['image_size']} px, {report['classes']} classes "
-           f"(synthetic data), 1×{report['n']} pruning at p = {report['sparsity']} ({report['criterion']}, "
+           f"(synthetic data), 1×{report['n']} pruning at {rate} ({report['criterion']}, "
            f"rearrangement: {report['rearrange']}). Machine: {platform.machine()}, {report['machine']['cores']} "
            f"cores; wall time {report['wall_time_s']:.0f} s. Every number below was measured by this run.",
            "",
@@ -97,6 +104,13 @@ def markdown(report: dict) -> str:
                   [[layer["layer"], "×".join(map(str, layer["kernel_shape"])),
                     f"{layer['zero_blocks']}/{layer['blocks']}", _f(layer["zero_blocks"] / layer["blocks"], ".3f"),
                     "yes" if layer["exact"] else "NO"] for layer in report["layers"]])]
+    if plan:
+        measured = (f"; the trained model's build measured {plan['measured_ms']:.3f} ms (prediction error "
+                    f"{plan['prediction_error']:+.1%})" if plan.get("measured_ms") else "")
+        out += ["", "## Planned rates (onexn-plan)", "",
+                f"Latency table measured on this machine; budget {plan['budget_ms']:.3f} ms (the dense prediction "
+                f"{plan['dense_predicted_ms']:.3f} ms / {plan['speedup']:g}); predicted {plan['predicted_ms']:.3f} ms"
+                f"{measured}. Rates: " + ", ".join(f"{row['layer']} {row['rate']:g}" for row in plan["layers"]) + "."]
     export = report.get("export")
     if export:
         note = " Exported without the final softmax: the artifacts output logits." if export.get("logits") else ""

@@ -20,23 +20,11 @@ import json
 import statistics
 from pathlib import Path
 
-from training import train
-from training.synthetic import write_dataset
+from demo_jobs import demo_data, run
 
-COMMON = ["--arch", "mobilenet_v2", "--alpha", "0.35", "--input-size", "64", "--dataset", "folder",
-          "--train-batch-size", "32", "--eval-batch-size", "64", "--warmup-epochs", "0", "--lr-policy", "fixed",
-          "--verbose", "0"]
 BN_CHOICES = {"default (run-length momentum + re-estimation)": [],
               "momentum 0.999, no re-estimation": ["--bn-momentum", "0.999", "--bn-recalibration", "0"],
               "run-length momentum, no re-estimation": ["--bn-recalibration", "0"]}
-
-
-def run(out: Path, data: Path, job: str, *extra: str) -> dict:
-    results_file = out / job / "results.json"
-    if results_file.exists():  # a rerun reuses finished jobs
-        return json.loads(results_file.read_text())
-    return train.run_job(train.build_parser().parse_args([*COMMON, "--data-dir", str(data),
-                                                          "--job-dir", str(out / job), *extra]))
 
 
 def main() -> None:
@@ -44,9 +32,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("own_data_out"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
-    data = args.out / "data"
-    if not data.exists():
-        write_dataset(data, classes=4, size=64, train=768, val=256)
+    data = demo_data(args.out)
     table = {"augment": {}, "batchnorm": {}}
     for seed in args.seeds:
         for mode in ("reference", "light", "none"):

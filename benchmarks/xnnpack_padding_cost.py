@@ -21,20 +21,10 @@ import json
 import statistics
 from pathlib import Path
 
-from training import evaluate, train
-from training.synthetic import write_dataset
+from demo_jobs import demo_data, run
+from training import evaluate
 
-COMMON = ["--arch", "mobilenet_v2", "--alpha", "0.35", "--input-size", "64", "--dataset", "folder",
-          "--train-batch-size", "32", "--eval-batch-size", "64", "--warmup-epochs", "0", "--lr-policy", "fixed",
-          "--augment", "light", "--verbose", "0"]
-
-
-def run(out: Path, data: Path, job: str, *extra: str) -> dict:
-    results_file = out / job / "results.json"
-    if results_file.exists():  # a rerun reuses finished jobs
-        return json.loads(results_file.read_text())
-    return train.run_job(train.build_parser().parse_args([*COMMON, "--data-dir", str(data),
-                                                          "--job-dir", str(out / job), *extra]))
+LIGHT = ("--augment", "light")
 
 
 def top1_as_xnnpack_ready(dense_model: Path, data: Path, out: Path) -> float:
@@ -67,19 +57,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("padding_cost_out"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
-    data = args.out / "data"
-    if not data.exists():
-        write_dataset(data, classes=4, size=64, train=768, val=256)
+    data = demo_data(args.out)
     rows = {"stock dense (4 epochs)": [], "its weights as XNNPACK-ready, no training": [],
             "stock 1x4 p=0.75 + 2 epochs": [], "--xnnpack 1x4 p=0.75 + 2 epochs": []}
     for seed in args.seeds:
-        dense = run(args.out, data, f"dense_s{seed}", "--criterion", "dense", "--epochs", "4", "--lr", "0.05",
-                    "--seed", str(seed))
+        dense = run(args.out, data, f"dense_s{seed}", *LIGHT, "--criterion", "dense", "--epochs", "4", "--lr",
+                    "0.05", "--seed", str(seed))
         dense_model = args.out / f"dense_s{seed}" / "model.keras"
         rows["stock dense (4 epochs)"].append(dense["best"]["top1"])
         rows["its weights as XNNPACK-ready, no training"].append(top1_as_xnnpack_ready(dense_model, data, args.out))
         for name, extra in (("stock", []), ("--xnnpack", ["--xnnpack"])):
-            r = run(args.out, data, f"pruned_{name.strip('-')}_s{seed}", "--pretrained-model", str(dense_model),
+            r = run(args.out, data, f"pruned_{name.strip('-')}_s{seed}", *LIGHT, "--pretrained-model", str(dense_model),
                     "--N", "4", "--pr-target", "0.75", "--epochs", "2", "--lr", "0.01", "--seed", str(seed), *extra)
             rows[f"{name} 1x4 p=0.75 + 2 epochs"].append(r["best"]["top1"])
         print(f"seed {seed}: " + ", ".join(f"{k}: {v[-1]:.3f}" for k, v in rows.items()), flush=True)

@@ -92,3 +92,17 @@ def _check_creatable(path: Path, what: str) -> None:
         raise NotADirectoryError(f"{what} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} is not writable ({existing} does not allow writing)")
+
+
+def read_json(path, flag: str, what: str = "file"):
+    """The JSON a user's ``flag`` names; a missing or non-JSON file is one :class:`InvalidArgument`
+    naming the flag (``what``: how to call the file when it is missing)."""
+    from onexn_tf.errors import InvalidArgument
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(f"{flag} {path}: no such {what}")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidArgument(f"{flag} {path} is not JSON ({error})") from None

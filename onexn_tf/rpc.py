@@ -25,3 +25,16 @@ class Rpc:
             return rpc.connect_tracker(self.host, self.port).request(
                 self.key, priority=self.priority, session_timeout=self.session_timeout)
         return rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
+
+
+def from_flags(tracker: tuple[str, int] | None, key: str | None, direct: tuple[str, int] | None) -> Rpc | None:
+    """The device of ``--rpc-tracker HOST:PORT --rpc-key KEY`` or ``--rpc HOST:PORT`` (None: here)."""
+    from onexn_tf.errors import InvalidArgument
+
+    if tracker and direct:
+        raise InvalidArgument("give either --rpc-tracker (with --rpc-key) or --rpc, not both")
+    if tracker and not key:
+        raise InvalidArgument("--rpc-tracker needs --rpc-key (the device's key at the tracker)")
+    if tracker:
+        return Rpc(*tracker, key=key)
+    return Rpc(*direct) if direct else None

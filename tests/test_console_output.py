@@ -78,7 +78,7 @@ def console(name: str, value: str, *args: str) -> subprocess.Popen:
 
 def test_every_command_prints_only_its_own_lines():
     """``--help``: nothing on stderr; an unknown flag: exactly one line, ``PROG: error: ... (see PROG --help)``."""
-    assert len(COMMANDS) == 8, COMMANDS  # installed with pip install -e (make test does)
+    assert len(COMMANDS) == 9, COMMANDS  # installed with pip install -e (make test does)
     runs = {(name, flag): console(name, value, flag) for name, value in COMMANDS
             for flag in ("--help", "--no-such-flag")}
     for (name, flag), proc in runs.items():

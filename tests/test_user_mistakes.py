@@ -164,6 +164,19 @@ BEFORE_TENSORFLOW = [
     ("onexn-make-data", "training.synthetic", ["{foreign}"], "{foreign} is not empty"),
     ("onexn-make-data", "training.synthetic", ["{tmp}/d", "--train", "0"], "--train=0 is not allowed"),
     ("onexn-arm-device", "android_bench.device_cli", ["boot"], "argument command: invalid choice: 'boot'"),
+    ("onexn-plan", "android_bench.plan_cli", ["measure", "{tmp}/none.onnx", "--out", "{tmp}/t.json"],
+     "{tmp}/none.onnx: no such ONNX file"),
+    ("onexn-plan", "android_bench.plan_cli", ["measure", "{file}", "--out", "{file}/t.json"], "--out {file}/t.json cannot"),
+    ("onexn-plan", "android_bench.plan_cli", ["choose", "{file}", "--table", "{tmp}/none.json", "--speedup", "2",
+                                              "--out", "{tmp}/r.json"], "--table {tmp}/none.json: no such latency table"),
+    ("onexn-plan", "android_bench.plan_cli", ["choose", "{file}", "--table", "{json}", "--speedup", "2", "--out",
+                                              "{tmp}/r.json"], "is not a latency table"),
+    ("onexn-plan", "android_bench.plan_cli", ["choose", "{file}", "--table", "{json}", "--speedup", "0", "--out",
+                                              "{tmp}/r.json"], "--speedup=0 is not allowed: it must be positive"),
+    ("onexn-plan", "android_bench.plan_cli", ["choose", "{file}", "--table", "{json}", "--speedup", "2",
+                                              "--budget-ms", "3", "--out", "{tmp}/r.json"], "not allowed with argument"),
+    ("onexn-plan", "android_bench.plan_cli", ["choose", "{file}", "--table", "{json}", "--speedup", "2", "--out",
+                                              "{json}"], "--out {json} already exists"),
     ("onexn-arm-device", "android_bench.device_cli", ["serve", "--threads", "0"], "--threads=0 is not allowed"),
 ]
 
@@ -205,7 +218,7 @@ def test_mistakes_are_one_line_before_tensorflow(prog, module, argv, message, tm
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"{prog}: error: ") or lines[0].startswith(f"{prog} serve: error: "), lines[0]
+    assert lines[0].split(": error: ")[0].split(" ")[0] == prog, lines[0]  # PROG or PROG SUBCOMMAND
     assert message.format(**fill) in lines[0], lines[0]
     assert "tensorflow imported: False" in proc.stdout, proc.stdout[-500:]
     assert _tree(tmp_path) == before  # no directory, temp file or half-written artifact left behind

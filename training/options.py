@@ -82,15 +82,9 @@ def check_cluster() -> None:
 def load_pr_config(path) -> dict[str, float]:
     """``--pr-config FILE.json``: ``{"layer": rate, ...}``, every rate in [0, 1) (0: the layer stays
     dense). Which layers exist and can be pruned is checked against the model when it is built."""
-    from pathlib import Path
+    from onexn_tf import files
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--pr-config {path}: no such file")
-    try:
-        rates = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"--pr-config {path} is not JSON ({error})") from None
+    rates = files.read_json(path, "--pr-config")
     if not isinstance(rates, dict) or not rates:
         raise UsageError(f'--pr-config {path} must hold a JSON object of layer rates, e.g. {{"conv_pw_1": 0.5}}')
     for name, rate in rates.items():

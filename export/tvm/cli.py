@@ -55,22 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from(args):
     from export.tvm import compiler
-    from onexn_tf.rpc import Rpc
+    from onexn_tf import rpc as rpc_address
 
     if args.target not in targets.TARGET_NAMES:
         raise InvalidArgument(f"unknown target {args.target!r}: choose one of {', '.join(targets.TARGET_NAMES)}")
     bsr_format.check_block(args.bsr, args.bsc)
     if args.trials < 0:
         raise InvalidArgument(f"--trials={args.trials} must be >= 0")
-    if args.rpc_tracker and args.rpc:
-        raise InvalidArgument("give either --rpc-tracker (with --rpc-key) or --rpc, not both")
-    if args.rpc_tracker and not args.rpc_key:
-        raise InvalidArgument("--rpc-tracker needs --rpc-key (the device's key at the tracker)")
-    rpc = None
-    if args.rpc_tracker:
-        rpc = Rpc(*args.rpc_tracker, key=args.rpc_key)
-    elif args.rpc:
-        rpc = Rpc(*args.rpc)
+    rpc = rpc_address.from_flags(args.rpc_tracker, args.rpc_key, args.rpc)
     return compiler.Options(target=args.target, mcpu=args.mcpu, num_cores=args.num_cores, bsr=args.bsr,
                             bsc=args.bsc, min_sparsity=args.min_sparsity, dense=args.dense, trials=args.trials,
                             tune_kernels=not args.no_tune_kernels, rpc=rpc, rtol=args.rtol, samples=args.samples,

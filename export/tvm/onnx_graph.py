@@ -218,11 +218,50 @@ def fold_batchnorm(model) -> tuple["onnx.ModelProto", int]:
     return model, len(removed)
 
 
-def block_prune_pointwise(model, n: int, sparsity: float, *, skip_out_channels: int | None = None):
-    """A copy of ``model`` whose pointwise (1×1, ungrouped) Conv weights are 1×``n``-pruned at ``sparsity``
-    with the library's block-L1 criterion: latency probes at sparsities nobody trained (their outputs
-    are not the trained model's). Convs with ``skip_out_channels`` outputs (a classifier) are left
-    alone. Returns (model, number of layers pruned)."""
+def pointwise_layers(model) -> list[dict]:
+    """The 1×1 convs (group 1) and matmuls of an ONNX model, in graph order: ``{"layer", "weight",
+    "c_in", "c_out", "transposed"}``, the layer named as Keras named it (tf2onnx keeps
+    ``model/<layer>/<op>``)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            continue
+        dims = list(weight.dims)
+        attrs = {a.name: a.i for a in node.attribute}
+        parts = node.name.split("/")
+        layer = "/".join(parts[1:-1]) if len(parts) > 2 else node.name
+        if node.op_type == "Conv" and len(dims) == 4 and dims[2:] == [1, 1] and attrs.get("group", 1) == 1:
+            out.append({"layer": layer, "weight": weight.name, "c_in": dims[1], "c_out": dims[0], "transposed": False})
+        elif node.op_type in ("MatMul", "Gemm") and len(dims) == 2:
+            transposed = bool(attrs.get("transB", 0))
+            c_in, c_out = (dims[1], dims[0]) if transposed else dims
+            out.append({"layer": layer, "weight": weight.name, "c_in": c_in, "c_out": c_out, "transposed": transposed})
+    return out
+
+
+def _to_keras(weight: np.ndarray, transposed: bool) -> np.ndarray:
+    """ONNX weight -> the Keras kernel layout the masks expect ([1, 1, C_in, C_out] or [C_in, C_out])."""
+    if weight.ndim == 4:
+        return weight.transpose(2, 3, 1, 0)
+    return weight.T if transposed else weight
+
+
+def _from_keras(kernel: np.ndarray, transposed: bool) -> np.ndarray:
+    if kernel.ndim == 4:
+        return kernel.transpose(3, 2, 0, 1)
+    return kernel.T if transposed else kernel
+
+
+def block_prune_pointwise(model, n: int, sparsity: float, *, skip_out_channels: int | None = None,
+                          matmuls: bool = False, densify: bool = False):
+    """A copy of ``model`` whose pointwise (1×1, ungrouped) Conv weights (``matmuls``: and MatMul /
+    Gemm weights) are 1×``n``-pruned at ``sparsity`` with the library's block-L1 criterion: latency
+    probes at sparsities nobody trained (their outputs are not the trained model's). Layers with
+    ``skip_out_channels`` outputs (a classifier) are left alone. ``densify``: zero weights (an already
+    pruned model) first become tiny, so they are the first pruned and a sparsity of 0 is really dense.
+    Returns (model, number of layers pruned)."""
     import onnx
     from onnx import numpy_helper
 
@@ -230,17 +269,22 @@ def block_prune_pointwise(model, n: int, sparsity: float, *, skip_out_channels: 
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     weights = {t.name: t for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
     count = 0
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.input[1] not in weights:
+    for layer in pointwise_layers(model):
+        if layer["c_out"] == skip_out_channels or (not matmuls and layer["weight"] not in _conv_weights(model)):
             continue
-        w = numpy_helper.to_array(weights[node.input[1]])
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if w.shape[2:] != (1, 1) or group != 1 or w.shape[0] == skip_out_channels:
-            continue
-        kernel = w.transpose(2, 3, 1, 0)  # OIHW -> Keras HWIO, which the masks expect
-        mask = masks.compute_mask(kernel, sparsity, n=n).mask
-        pruned = (kernel * mask).transpose(3, 2, 0, 1).astype(np.float32)
-        weights[node.input[1]].CopyFrom(numpy_helper.from_array(pruned, node.input[1]))
+        w = numpy_helper.to_array(weights[layer["weight"]]).astype(np.float32)
+        if densify:
+            w = np.where(w == 0, rng.uniform(1e-7, 2e-7, w.shape) * (float(np.abs(w).max()) or 1.0), w)
+        kernel = _to_keras(w, layer["transposed"])
+        if sparsity > 0:
+            kernel = kernel * masks.compute_mask(kernel, sparsity, n=n).mask
+        pruned = _from_keras(kernel, layer["transposed"]).astype(np.float32)
+        weights[layer["weight"]].CopyFrom(numpy_helper.from_array(pruned, layer["weight"]))
         count += 1
     return model, count
+
+
+def _conv_weights(model) -> set:
+    return {node.input[1] for node in model.graph.node if node.op_type == "Conv" and len(node.input) > 1}
