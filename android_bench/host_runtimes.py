@@ -91,10 +91,12 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
     with 1; and models sharing a process share its allocator and caches unevenly. Here every model
     runs in its own process; in a round each process in turn (the order rotating) runs ``warmup`` +
-    ``number`` inferences while the others wait on a pipe. The next process starts only once the last
-    one has gone idle (:func:`wait_until_idle`, at least ``pause_s``): TVM's pool workers call
+    ``number`` inferences while the others wait on a pipe. The next process starts only once every
+    process has gone idle (:func:`wait_until_idle`, at least ``pause_s``): TVM's pool workers call
     ``sched_yield`` 300,000 times before they sleep, up to ~0.3 s of a core after every turn, which
-    made onnxruntime at 2 threads measure 3.5× slower than alone. With ``outputs``, returns
+    made onnxruntime at 2 threads measure 3.5× slower than alone; waiting for the last process only
+    still left TFLite at 2 threads as slow as at 1 and onnxruntime 2–3× slower when four TVM builds
+    of a model shared the run. With ``outputs``, returns
     ``(samples, {name: output})``."""
     import json
     import subprocess
@@ -126,7 +128,8 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                     workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
                     samples[name].extend(_reply(workers[name], name)[name])
                     time.sleep(pause_s)
-                    wait_until_idle(workers[name].pid)
+                    for proc in workers.values():  # every process: a pool may wake on its own later
+                        wait_until_idle(proc.pid)
             got = {}
             if outputs:
                 for index, (name, proc) in enumerate(workers.items()):

@@ -88,11 +88,25 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
         kernel = Kernel("pointwise", shape, epi)
         want = epilogue_ref(np.einsum("oc,nchw->nohw", w.astype(np.float64), x) + bias[:c_out, None, None] * epi.bias, epi,
                             residual if epi.residual else None)
-        chunked = [pointwise.PointwiseKnobs(v, g, "pixels", True, c) for v, g, c in ((3, 2, 8), (2, 1, 5), (6, 0, 3))
-                   if pointwise.chunkable(shape.pixels, lanes, v)]
+        chunked = [pointwise.PointwiseKnobs(v, g, "pixels", True, c, workers=w)
+                   for v, g, c, w in ((3, 2, 8, 0), (2, 1, 5, 0), (6, 0, 3, 0), (3, 2, 8, 3), (2, 0, 5, 2))
+                   if pointwise.chunkable(shape.pixels, lanes, v, w)]
+        chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, workers=w) for v, g, w in ((3, 1, 3), (1, 0, 4))]
+        chunked += [pointwise.PointwiseKnobs(v, g, "pixels", w > 0, lanes=lanes, workers=w, pack=True)
+                    for v, g, w in ((3, 1, 0), (2, 4, 2), (1, 2, 3))]
         for knobs in kernel.candidates(lanes, 2) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
             inputs = [x, residual] if epi.residual else [x]
             close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
+
+
+@pytest.mark.parametrize("pixels, lanes, workers", [(196, 8, 2), (49, 8, 2), (12544, 16, 4), (3, 8, 4), (225, 4, 3)])
+def test_pointwise_worker_ranges(pixels, lanes, workers):
+    """The parallel tasks cover every pixel vector once, in order, and differ by at most one vector."""
+    ranges = pointwise.worker_ranges(pixels, lanes, workers)
+    total = -(-pixels // pointwise.plane_lanes(pixels, lanes))
+    assert [first for first, _ in ranges] == list(np.cumsum([0] + [count for _, count in ranges])[:-1])
+    assert sum(count for _, count in ranges) == total
+    assert max(c for _, c in ranges) - min(c for _, c in ranges) <= 1 and len(ranges) == min(workers, total)
 
 
 @pytest.mark.parametrize("c_in, c_out, bsr, p, lanes, spatial_", [

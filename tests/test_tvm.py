@@ -62,6 +62,8 @@ def test_candidate_knobs_follow_vector_width_and_cores():
     assert {k for k in two if not k.parallel} == {dataclasses.replace(k, parallel=False) for k in two if k.parallel}
     big = Kernel("pointwise", pointwise.PointwiseShape(1, 256, 28, 28, 256, 4, 8192)).candidates(8, 2)
     assert all(k.parallel for k in big)  # a parallel loop pays for a big kernel; only small ones try without
+    assert all(k.workers == 2 for k in big if k.outer == "pixels")  # pixel vectors split evenly over the cores
+    assert any(k.pack for k in big) and not any(k.pack for k in two)  # a slab copy only where blocks reuse it
     assert not any(k.parallel for k in Kernel("pointwise", shape).candidates(8, 1))
     three = pointwise.PointwiseShape(1, 64, 1, 3, 64, 4, 100)  # fewer pixels than a vector: vectors of 2 lanes
     assert {pointwise.tiling(3, 8, k.vectors).lanes for k in Kernel("pointwise", three).candidates(8, 2)} == {2}
