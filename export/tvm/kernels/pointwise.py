@@ -102,6 +102,10 @@ class Tiling:
     def widest(self) -> int:
         return self.base + (1 if self.extra else 0)
 
+    def first_vector(self, t):
+        """The plane's vector number where tile ``t`` starts (``t`` may be a TIR expression)."""
+        return self.first + t * self.base + (tirx.min(t, self.extra) if self.extra else 0)
+
 
 def tiling(P: int, lanes: int, vectors: int, first: int = 0, count: int | None = None) -> Tiling:
     """Tiles of at most ``vectors`` vectors over the plane's vectors ``[first, first + count)`` (default:
@@ -144,12 +148,9 @@ def rows_per_pass(bsr: int, vectors: int, lanes: int) -> int:
 def chunkable(P: int, lanes: int, vectors: int, workers: int = 0) -> bool:
     """Whether partial sums may go through the output: not if the plane's shifted last vector overlaps
     a vector of another tile (the shared pixels would be summed twice)."""
-    if workers > 1:
-        first, count = worker_ranges(P, lanes, workers)[-1]
-        tl = tiling(P, lanes, vectors, first, count)
-        return P % tl.lanes == 0 or (count >= 2 and (tl.base >= 2 or tl.tiles == 1))
-    tl = tiling(P, lanes, vectors)
-    return P % tl.lanes == 0 or tl.base >= 2 or tl.tiles == 1
+    first, count = worker_ranges(P, lanes, workers)[-1] if workers > 1 else (0, None)
+    tl = tiling(P, lanes, vectors, first, count)  # the tiles of the task holding the plane's last vector
+    return P % tl.lanes == 0 or (tl.vectors >= 2 and (tl.base >= 2 or tl.tiles == 1))
 
 
 def chunks(shape: PointwiseShape, knobs: PointwiseKnobs) -> int:
@@ -416,7 +417,7 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
 
     def tile(n, rb, t, chunk=0):
         """Tile ``t``: ``base + 1`` vectors for the first ``extra`` tiles, ``base`` after."""
-        first = tl.first + t * tl.base + (tirx.min(t, tl.extra) if tl.extra else 0)
+        first = tl.first_vector(t)
         if not tl.extra:
             micro(n, rb, first, tl.base, chunk)
         elif tl.extra == tl.tiles:
@@ -454,37 +455,31 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         Xf, Yf = flat(X, N * CI * P), flat(Y, N * CO * P)
         Rf = flat(Res, N * CO * P) if Res is not None else None
 
-        def emitter(tl):
-            return tile_emitter(shape, epilogue, tl, P, nch, D, O, IP, B, Xf, Yf, Rf, x_base=lambda n: n * (CI * P),
-                                out_at=lambda n, row, pixel: n * (CO * P) + row * P + pixel)
+        def emitter(tl, source=Xf, x_base=lambda n: n * (CI * P), x_start=None):
+            return tile_emitter(shape, epilogue, tl, P, nch, D, O, IP, B, source, Yf, Rf, x_base=x_base,
+                                out_at=lambda n, row, pixel: n * (CO * P) + row * P + pixel, x_start=x_start)
 
         def packed_emitter(n, tl, g, G):
             """Copies group ``g``'s input vectors of every channel into one contiguous row a channel
             (aligned vectors, channels a slab row apart, so the blocks' jumps stay within a few cache
             lines the prefetcher follows) and reads the tiles from there."""
             V, SW = tl.lanes, slab_stride(shape, knobs)
-
-            def first_vector(t):
-                return tl.first + t * tl.base + (tirx.min(t, tl.extra) if tl.extra else 0)
-            v0 = first_vector(g * G)
-            count = first_vector(tirx.min(g * G + G, tl.tiles)) - v0
+            v0 = tl.first_vector(g * G)
+            count = tl.first_vector(tirx.min(g * G + G, tl.tiles)) - v0
             slab = T.alloc_buffer((CI * SW,), "float32", scope="global")
             Sf = flat(slab, CI * SW)
             with T.serial(0, CI) as c:
                 with T.serial(0, count) as v:
                     vstore(Sf, c * SW + v * V, vload(Xf, n * (CI * P) + c * P + vector_pixel(v0 + v, V, P), V), V)
-            return tile_emitter(shape, epilogue, tl, P, nch, D, O, IP, B, Sf, Yf, Rf, x_base=lambda n_: 0,
-                                out_at=lambda n_, row, pixel: n_ * (CO * P) + row * P + pixel,
-                                x_start=lambda vector: (vector - v0) * V)
+            return emitter(tl, Sf, x_base=lambda n_: 0, x_start=lambda vector: (vector - v0) * V)
 
         def pixel_groups(n, tl, loop):
             """Groups of ``group`` tiles of ``tl`` (the ``loop`` over them), every block row over each group."""
-            tile = None if pack else emitter(tl)
+            shared = None if pack else emitter(tl)
             G = tl.tiles if knobs.group <= 0 else min(knobs.group, tl.tiles)
             groups = -(-tl.tiles // G)
             with loop(0, groups) as g:
-                if pack:
-                    tile = packed_emitter(n, tl, g, G)
+                tile = packed_emitter(n, tl, g, G) if pack else shared
                 for chunk in range(nch):
                     with T.serial(0, rows) as rb:
                         with T.serial(0, G) as tt:
