@@ -128,8 +128,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                     workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
                     samples[name].extend(_reply(workers[name], name)[name])
                     time.sleep(pause_s)
-                    for proc in workers.values():  # every process: a pool may wake on its own later
-                        wait_until_idle(proc.pid)
+                    wait_until_idle(*(proc.pid for proc in workers.values()))  # all: a pool may wake later
             got = {}
             if outputs:
                 for index, (name, proc) in enumerate(workers.items()):
@@ -146,22 +145,27 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     return (samples, got) if outputs else samples
 
 
-def wait_until_idle(pid: int, *, window_s: float = 0.05, timeout_s: float = 3.0) -> float:
-    """Wait until process ``pid`` uses (almost) no CPU over ``window_s``; the seconds waited.
+def wait_until_idle(*pids: int, window_s: float = 0.05, timeout_s: float = 3.0) -> float:
+    """Wait until every process of ``pids`` uses (almost) no CPU over the same ``window_s``; the
+    seconds waited.
 
-    CPU times come in clock ticks (10 ms on Linux), so "idle" is at most one tick gained in the window:
-    a thread still spinning would gain ``window_s`` worth. Gives up after ``timeout_s`` (a process
-    that never idles should not hang a benchmark), or at once when the process is gone."""
+    CPU times come in clock ticks (10 ms on Linux), so "idle" is at most one tick gained by each
+    process in the window: a thread still spinning would gain ``window_s`` worth. Gives up after
+    ``timeout_s`` (a process that never idles should not hang a benchmark), or at once when a
+    process is gone."""
     import psutil
+
+    def cpu(process):
+        return sum(process.cpu_times()[:2])
 
     started = time.perf_counter()
     try:
-        process = psutil.Process(pid)
-        before = sum(process.cpu_times()[:2])
+        processes = [psutil.Process(pid) for pid in pids]
+        before = [cpu(p) for p in processes]
         while time.perf_counter() - started < timeout_s:
             time.sleep(window_s)
-            now = sum(process.cpu_times()[:2])
-            if now - before <= 0.0105:
+            now = [cpu(p) for p in processes]
+            if all(b - a <= 0.0105 for a, b in zip(before, now)):
                 break
             before = now
     except psutil.Error:

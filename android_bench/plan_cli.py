@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 from onexn_tf import cli, files
-from onexn_tf.errors import InvalidArgument
 from onexn_tf.options import ARCHITECTURES
 
 SCORES = ("l1", "sensitivity")
@@ -65,12 +64,6 @@ def build_parser():
     return p
 
 
-def _check_out(path: Path, force: bool) -> None:
-    files.check_writable_file(path, "--out")
-    if path.exists() and not force:
-        raise cli.UsageError(f"--out {path} already exists (use --force to overwrite)")
-
-
 def plan_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_plan.json")
 
@@ -80,12 +73,11 @@ def measure(args) -> int:
 
     if not args.onnx.is_file():
         raise cli.UsageError(f"{args.onnx}: no such ONNX file")
-    _check_out(args.out, args.force)
+    files.check_new_file(args.out, "--out", args.force)
     rpc = rpc_address.from_flags(args.rpc_tracker, args.rpc_key, args.rpc)
     from export.tvm import bsr, latency_table, targets  # TVM from here on
 
-    if args.target not in targets.TARGET_NAMES:
-        raise InvalidArgument(f"unknown target {args.target!r}: choose one of {', '.join(targets.TARGET_NAMES)}")
+    targets.check_name(args.target)
     bsr.check_block(args.bsr, 1)
     work_dir = args.work_dir or args.out.parent / "tvm_tuning"
     files.check_writable_dir(work_dir, "--work-dir")
@@ -112,7 +104,7 @@ def choose(args) -> int:
         raise cli.UsageError("--batches and --batch-size must be >= 1")
     if not args.model.exists():
         raise cli.UsageError(f"{args.model}: no such model file, SavedModel or onexn-train job directory")
-    _check_out(args.out, args.force)
+    files.check_new_file(args.out, "--out", args.force)
     table = latency_table.load(args.table)
     job = jobs.read_config(args.model) if jobs.is_job(args.model) else {}
     dataset, data_dir = args.dataset or job.get("dataset"), args.data_dir or job.get("data_dir")

@@ -6,6 +6,7 @@ input leaves either the old file or nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,15 @@ def check_writable_file(path, flag: str | None = None) -> Path:
     return path
 
 
+def check_new_file(path, flag: str, force: bool) -> Path:
+    """:func:`check_writable_file`, and the overwrite rule: an existing file is replaced only with
+    ``--force``."""
+    path = check_writable_file(path, flag)
+    if path.exists() and not force:
+        raise FileExistsError(f"{flag} {path} already exists (use --force to overwrite)")
+    return path
+
+
 def _check_creatable(path: Path, what: str) -> None:
     """``path`` is a directory or can be made one: its nearest existing ancestor is a writable
     directory (not a regular file)."""
@@ -92,6 +102,15 @@ def _check_creatable(path: Path, what: str) -> None:
         raise NotADirectoryError(f"{what} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} is not writable ({existing} does not allow writing)")
+
+
+def sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json(path, flag: str, what: str = "file"):

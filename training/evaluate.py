@@ -88,9 +88,7 @@ def main(args) -> int:
     data_dir = args.data_dir or job.get("data_dir")
     path = model_file(args.model)
     if args.json:
-        files.check_writable_file(args.json, "--json")
-        if args.json.exists() and not args.force:
-            raise cli.UsageError(f"--json {args.json} already exists (use --force to overwrite)")
+        files.check_new_file(args.json, "--json", args.force)
     import onexn_tf  # TensorFlow from here on: every check that needs none is done
     from onexn_tf import models
     from training import data

@@ -57,8 +57,7 @@ def options_from(args):
     from export.tvm import compiler
     from onexn_tf import rpc as rpc_address
 
-    if args.target not in targets.TARGET_NAMES:
-        raise InvalidArgument(f"unknown target {args.target!r}: choose one of {', '.join(targets.TARGET_NAMES)}")
+    targets.check_name(args.target)
     bsr_format.check_block(args.bsr, args.bsc)
     if args.trials < 0:
         raise InvalidArgument(f"--trials={args.trials} must be >= 0")

@@ -12,7 +12,6 @@ in codegen and tuned dense schedules).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -47,14 +46,6 @@ class Options:
 def sidecar_path(output) -> Path:
     output = Path(output)
     return output.with_name(output.name + ".json")
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check(options: Options):
@@ -212,7 +203,7 @@ def compile_onnx(onnx_path, output, *, work_dir=None, options: Options = Options
 
     sidecar = {
         "artifact": output.name,
-        "source": {"onnx": str(onnx_path), "sha256": _sha256(onnx_path), "input": name, "shape": list(shape),
+        "source": {"onnx": str(onnx_path), "sha256": files.sha256(onnx_path), "input": name, "shape": list(shape),
                    "pads_folded": folded},
         "target": {"name": spec.name, "config": spec.config, "linker": linker, "vector_lanes": spec.vector_lanes()},
         "bsr": None if options.dense else {"bsr": options.bsr, "bsc": options.bsc, "min_sparsity": options.min_sparsity},

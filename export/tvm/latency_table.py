@@ -15,7 +15,6 @@ interpolated by the total kernel time. The table predicts a build as ``rest + Σ
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -89,7 +88,8 @@ def measure(onnx_path, *, target: str = "host", num_cores: int | None = None, bs
     work_dir.mkdir(parents=True, exist_ok=True)
     cache_path = work_dir / TABLES_FILE
     tables = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    key = json.dumps([FORMAT, _sha256(onnx_path), spec.config, bsr, min_sparsity, rates, knob_search.VERSION],
+    digest = files.sha256(onnx_path)
+    key = json.dumps([FORMAT, digest, spec.config, bsr, min_sparsity, rates, knob_search.VERSION],
                      sort_keys=True)
     if key in tables:
         log(f"  the table of this model and target is cached in {cache_path}: nothing to measure")
@@ -120,7 +120,7 @@ def measure(onnx_path, *, target: str = "host", num_cores: int | None = None, bs
         "beyond the kernels)")
     uniform = _end_to_end({rate: plans[rate] for rate in calibration}, spec, work_dir, rpc, fcompile, shape, rounds)
     overhead = sorted([kernel_sums[rate], ms - kernel_sums[rate]] for rate, ms in uniform.items())
-    tables[key] = table = {"format": FORMAT, "model": str(onnx_path), "sha256": _sha256(onnx_path),
+    tables[key] = table = {"format": FORMAT, "model": str(onnx_path), "sha256": digest,
                            "input": {"name": name, "shape": list(shape)},
                            "target": {"name": spec.name, "config": spec.config},
                            "measured_on": "rpc" if rpc else "local", "bsr": bsr, "min_sparsity": min_sparsity,
@@ -178,10 +178,6 @@ def _end_to_end(builds: dict, spec, work_dir: Path, rpc, fcompile, shape, rounds
     finally:
         configure(1, before)
     return {rate: min(values) * 1e3 for rate, values in medians.items()}
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def layer_ms(entry: dict, rate: float) -> float:

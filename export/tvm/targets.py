@@ -57,12 +57,17 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_name(name: str) -> str:
+    if name not in TARGET_NAMES:
+        raise InvalidArgument(f"unknown target {name!r}: choose one of {', '.join(TARGET_NAMES)}")
+    return name
+
+
 def resolve(name: str, *, mcpu: str | None = None, num_cores: int | None = None) -> TargetSpec:
     """The target dict for ``name`` with optional ``--mcpu`` / ``--num-cores`` overrides."""
     from tvm.target import codegen
 
-    if name not in TARGET_NAMES:
-        raise InvalidArgument(f"unknown target {name!r}: choose one of {', '.join(TARGET_NAMES)}")
+    check_name(name)
     if num_cores is not None and num_cores < 1:
         raise InvalidArgument(f"--num-cores={num_cores} must be >= 1")
     if name == "host":
