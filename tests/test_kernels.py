@@ -152,7 +152,7 @@ def conv_ref(x, w, bias, shape: spatial.SpatialShape, epi: Epilogue):
     ((1, 1), 3, 1, (1, 1, 1, 1)), ((7, 7), 3, 1, (1, 1, 1, 1)), ((15, 15), 3, 2, (1, 1, 1, 1)),
     ((15, 15), 3, 2, (0, 0, 1, 1)), ((16, 16), 3, 2, (0, 0, 1, 1)), ((14, 14), 5, 2, (1, 1, 2, 2)),
     ((28, 20), 5, 1, (2, 2, 2, 2)), ((112, 112), 3, 1, (1, 1, 1, 1)), ((9, 40), 3, 2, (1, 1, 1, 1)),
-    ((5, 3), 3, 1, (0, 0, 0, 0)),
+    ((5, 3), 3, 1, (0, 0, 0, 0)), ((14, 14), 3, 1, (1, 1, 1, 1)), ((7, 7), 5, 1, (2, 2, 2, 2)),
 ])
 def test_depthwise(rng, size, kernel, stride, pads):
     channels = 3 if size == (112, 112) else 5
@@ -165,6 +165,39 @@ def test_depthwise(rng, size, kernel, stride, pads):
         want = conv_ref(x, w, b, shape, epi)
         for lanes, knobs in zip((4, 8, 16, 8), kernel_.candidates(8, 2)[1:] if epi.hswish else kernel_.candidates(8, 2)):
             close(run(kernel_, knobs, lanes, [x, w, b]), want)
+
+
+@pytest.mark.parametrize("left, right, width, lanes", [
+    (1, 13, 14, 8), (1, 6, 7, 4), (1, 111, 112, 8), (0, 55, 56, 8), (2, 26, 28, 8), (1, 15, 16, 16),
+    (3, 9, 12, 2), (0, 8, 8, 8), (1, 4, 5, 4),
+])
+def test_depthwise_row_plan_covers_every_column(left, right, width, lanes):
+    """Border tiles and the interior loop cover the row exactly: every column once or more, nothing
+    outside it, interior-loop tiles only on columns that take every tap."""
+    head, start, middle, tail = spatial.row_plan(left, right, width, lanes)
+    covered = set()
+    for x0 in head + tail:
+        assert 0 <= x0 <= width - lanes
+        covered |= set(range(x0, x0 + lanes))
+    assert middle == 0 or left <= start and start + middle * lanes <= right
+    covered |= set(range(start, start + middle * lanes))
+    assert covered == set(range(width))
+    assert len(head) + len(tail) + middle == -(-width // lanes) or left > lanes  # no tile more than needed
+
+
+@pytest.mark.parametrize("lanes", [2, 4, 8, 16])
+def test_stride2_lane_order_is_what_shufps_leaves(lanes):
+    """Lane j of a stride-2 tile holds output column order[j]: x86's in-lane ``shufps`` of two vectors
+    a, b (per 128-bit chunk: a0 a2 b0 b2) takes even element 2·order[j] of a ++ b; 4 lanes and fewer
+    keep the natural order."""
+    order = spatial.lane_order(lanes, 2)
+    assert sorted(order) == list(range(lanes)) and spatial.lane_order(lanes, 1) == list(range(lanes))
+    if lanes < 8:
+        assert order == list(range(lanes))
+        return
+    a, b = np.arange(lanes), np.arange(lanes, 2 * lanes)
+    shufps = np.concatenate([[a[4 * c], a[4 * c + 2], b[4 * c], b[4 * c + 2]] for c in range(lanes // 4)])
+    assert list(shufps) == [2 * o for o in order]
 
 
 @pytest.mark.parametrize("c_out, size, stride, pads, affine", [

@@ -4,10 +4,12 @@ input channels (the stem).
 Output pixels run along a row in vectors of the target's lanes, so a tap's inputs are one contiguous
 load (stride 1) or two loads and a shuffle keeping every other lane (stride 2; no gather, no read
 past the row). Every border is resolved when the kernel is generated: the interior columns and rows
-take every tap unconditionally, the few border pixels (at most K//2 per side) are scalar code with
-exactly their valid taps, and the last vector tile of a row overlaps its neighbour instead of
-needing a tail. Several output rows (``rows``) and tiles (``vectors``) are computed together so
-the input rows they share are loaded once and enough independent FMA chains are in flight.
+take every tap unconditionally; a depthwise row's border columns are vector tiles too, each tap's
+input window clamped into the row and its padding lanes zeroed by one shuffle (scalar border pixels
+cost 1.3-1.7× on 14×14 and 7×7 maps); the stem's one border pixel a row is scalar code with exactly
+its valid taps; the last vector tile of a row overlaps its neighbour instead of needing a tail.
+Several output rows (``rows``) and tiles (``vectors``) are computed together so the input rows they
+share are loaded once and enough independent FMA chains are in flight.
 
 Depthwise: one plane per channel, planes in parallel. Dense (``groups == 1``): ``out_block`` output
 channels share each input load; blocks of output channels in parallel. An optional scalar affine
@@ -22,7 +24,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
-                                    shuffle_even, shuffle_odd, vload, vstore, with_serial)
+                                    vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,32 @@ def row_lanes(interior: int, lanes: int) -> int:
     return V
 
 
+def lane_order(lanes: int, stride: int) -> list[int]:
+    """Which output column each lane of a stride-2 tile holds: the order a 128-bit in-lane shuffle
+    (x86 ``shufps``) leaves every other element of two vectors in. Taps are gathered in this order
+    (one single-µop shuffle each, not two) and an accumulator is put back once, before its store.
+    Identity for stride 1 and for 4-lane vectors (NEON's ``uzp1`` needs no reorder)."""
+    if stride != 2 or lanes < 8:
+        return list(range(lanes))
+    order = []
+    for j in range(lanes):
+        chunk, within = divmod(j, 4)
+        order.append(2 * chunk + within if within < 2 else lanes // 2 + 2 * chunk + within - 2)
+    return order
+
+
+def row_plan(left: int, right: int, width: int, lanes: int) -> tuple[list[int], int, int, list[int]]:
+    """How vector tiles cover an output row whose columns [left, right) take every tap: the static
+    starts of the single-vector tiles over the left border, the first interior column and the number
+    of whole vectors from there inside the interior (a runtime loop), and the static starts of the
+    tiles over the rest (the last one overlapping its neighbour). Needs ``width >= lanes``."""
+    head = list(range(0, left, lanes))
+    start = len(head) * lanes
+    middle = max(0, (right - start) // lanes)
+    tail = [min(x, width - lanes) for x in range(start + middle * lanes, width, lanes)]
+    return head, start, middle, tail
+
+
 def _valid(o: int, stride: int, pad: int, k: int, size: int) -> list[int]:
     return [t for t in range(k) if 0 <= o * stride - pad + t <= size - 1]
 
@@ -121,8 +149,11 @@ class Emitter:
         self.NI = self.RE - self.L
         self.V = row_lanes(self.NI, lanes)
         self.m = max(0, min(knobs.vectors, self.NI // self.V))
-        self.tile = self.m * self.V
+        # depthwise: border columns as vector tiles too (the stem's 27 taps × out_block weights, live
+        # across one more tile, spill: it keeps its one scalar border pixel a row)
+        self.whole_rows = shape.depthwise and self.OW >= self.V and W >= S * self.V
         self.taps = K * K * (1 if shape.depthwise else shape.c_in)
+        self.order = lane_order(self.V, S)
         self.co0, self.outs, self.cins = 0, 1, [0]
 
     def group(self, co0, outs: int, cins) -> None:
@@ -148,53 +179,105 @@ class Emitter:
         """{kx: the V inputs tap kx reads for outputs x0 … x0+V-1, input row iy}."""
         K, S, V, Xf = self.K, self.S, self.V, self.Xf
         row = self.in_row(ci, iy)
+        if isinstance(x0, int) and not self.L <= x0 <= self.RE - V:
+            return self.window_taps(row, x0)
         if S == 1:
             return {kx: self.prologue(vload(Xf, row + x0 - self.pl + kx, V), V) for kx in range(K)}
         base = row + 2 * x0 - self.pl
 
         def pair(off):
-            return vload(Xf, base + off, V), vload(Xf, base + off + V, V)
+            return [vload(Xf, base + off, V), vload(Xf, base + off + V, V)]
         out = {}
         for kx in range(K):
             if kx % 2 == 1 or kx == K - 1:  # the last even tap: odd lanes one earlier
-                out[kx] = shuffle_odd(*pair(kx - 1), V) if kx else shuffle_even(*pair(0), V)
+                start, parity = (kx - 1, 1) if kx else (0, 0)
             else:
-                out[kx] = shuffle_even(*pair(kx), V)
+                start, parity = kx, 0
+            out[kx] = tirx.Shuffle(pair(start), [2 * o + parity for o in self.order])
         return {kx: self.prologue(v, V) for kx, v in out.items()}
 
-    def _x0(self, t, count):
-        return self.L + tirx.min(t * self.tile, self.NI - self.tile) if count > 1 else self.L
+    def restore(self, value):
+        """An accumulator in :func:`lane_order` put back in output order (one shuffle per stored vector)."""
+        if self.order == list(range(self.V)):
+            return value
+        return tirx.Shuffle([value], [self.order.index(i) for i in range(self.V)])
+
+    def window_taps(self, row, x0: int) -> dict:
+        """{kx: inputs} for a border tile (static ``x0``): each tap's S·V input window is clamped into
+        the row and its lanes picked by one shuffle, with zeros where the tap falls in the padding, so
+        border pixels are vector code too (as scalar code they cost 1.3-1.7× a 14×14 or 7×7 map)."""
+        K, S, V, W = self.K, self.S, self.V, self.shape.width
+        out = {}
+        for kx in range(K):
+            start = S * x0 - self.pl + kx
+            at = min(max(start, 0), W - S * V)
+            parts = [self.prologue(vload(self.Xf, row + at + q * V, V), V) for q in range(S)]
+            lanes = [col - at if 0 <= col < W else S * V for col in (start + S * o for o in self.order)]
+            if lanes == list(range(V)):
+                out[kx] = parts[0]
+            else:
+                out[kx] = tirx.Shuffle(parts + [bcast(f32(0), V)], lanes)
+        return out
+
+    def tiles(self):
+        """``(x0, vectors)`` of the vector tiles covering a row. Where the row is wide enough for border
+        windows, whole rows: static single-vector tiles over the left and right border columns (taps
+        from :meth:`window_taps`) and between them a runtime loop of ``knobs.vectors``-vector tiles,
+        the last one overlapping its neighbour; a 14-wide row is two 8-lane tiles, not two tiles and
+        two scalar pixels. Otherwise the interior columns only (borders are then scalar code)."""
+        V = self.V
+        if not self.whole_rows:
+            m = self.m
+            count = -(-self.NI // (m * V))
+            with T.serial(0, count) as t:
+                yield self.L + tirx.min(t * (m * V), self.NI - m * V), m
+            return
+        head, start, middle, tail = row_plan(self.L, self.RE, self.OW, V)
+        for x0 in head:
+            yield x0, 1
+        if middle:
+            m = max(1, min(self.knobs.vectors, middle))
+            count = -(-middle // m)
+            if count == 1:
+                yield start, m
+            else:
+                with T.serial(0, count) as t:
+                    yield start + tirx.min(t * (m * V), (middle - m) * V), m
+        for x0 in tail:
+            yield x0, 1
 
     # --- rows --------------------------------------------------------------------------------------
 
     def vector_rows_expr(self, rows, kys) -> None:
-        """Depthwise (one output channel): each accumulator one expression over its taps, which LLVM
-        schedules better than explicit accumulator stores on narrow rows."""
-        V, m, K, S = self.V, self.m, self.K, self.S
-        count = -(-self.NI // self.tile)
-        with T.serial(0, count) as t:
-            x0 = self._x0(t, count)
+        """Depthwise (one output channel): each accumulator two expressions over alternate taps (two
+        FMA chains in flight), which LLVM schedules better than explicit accumulator stores on narrow
+        rows."""
+        V, K, S = self.V, self.K, self.S
+        for x0, m in self.tiles():
             for j in range(m):
                 xj = x0 + j * V
-                accs = {r: self.bias(0, V) for r in range(len(rows))}
+                accs = {r: [self.bias(0, V), None] for r in range(len(rows))}
                 for r, oy in enumerate(rows):
+                    n = 0
                     for ky in kys:
                         inputs = self.vector_taps(self.cins[0], oy * S - self.pt + ky, xj)
                         for kx in range(K):
-                            accs[r] = accs[r] + self.weight(0, 0, ky, kx, V) * inputs[kx]
+                            term = self.weight(0, 0, ky, kx, V) * inputs[kx]
+                            half = accs[r]
+                            half[n % 2] = term if half[n % 2] is None else half[n % 2] + term
+                            n += 1
                 for r, oy in enumerate(rows):
-                    vstore(self.Yf, self.out_row(self.co0, oy) + xj, self.epilogue.apply(accs[r], V), V)
+                    total = accs[r][0] if accs[r][1] is None else accs[r][0] + accs[r][1]
+                    vstore(self.Yf, self.out_row(self.co0, oy) + xj, self.epilogue.apply(self.restore(total), V), V)
 
     def vector_row_tap_loop(self, oy) -> None:
         """Dense (the stem), one interior output row: a runtime loop over (input channel, kernel row),
         the K column taps unrolled. Each weight is loaded inside that loop (so LLVM cannot hoist all
         C_in·K·K·out_block of them and spill them to the stack) and feeds ``m`` FMAs; the accumulators
         and the m·K taps fit the registers."""
-        V, m, K, S, outs = self.V, self.m, self.K, self.S, self.outs
+        V, K, S, outs = self.V, self.K, self.S, self.outs
         CI = self.shape.c_in
-        count = -(-self.NI // self.tile)
-        with T.serial(0, count) as t:
-            x0 = self._x0(t, count)
+        for x0, m in self.tiles():
             acc = T.alloc_buffer((outs * m * V,), "float32", scope="local")
             for o in range(outs):
                 for j in range(m):
@@ -210,7 +293,7 @@ class Emitter:
                             vstore(acc, at, vload(acc, at, V) + w * inputs[j][kx], V)
             for o in range(outs):
                 for j in range(m):
-                    value = self.epilogue.apply(vload(acc, (o * m + j) * V, V), V)
+                    value = self.epilogue.apply(self.restore(vload(acc, (o * m + j) * V, V)), V)
                     vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
 
     def vector_rows(self, rows, kys) -> None:
@@ -218,12 +301,10 @@ class Emitter:
         once per input channel (its K taps kept in registers) and feeds every output row and channel
         that uses it; statements in that order keep LLVM's register pressure at the accumulators plus
         K taps."""
-        V, m, K, S, outs = self.V, self.m, self.K, self.S, self.outs
-        count = -(-self.NI // self.tile)
+        V, K, S, outs = self.V, self.K, self.S, self.outs
         R_ = len(rows)
         top = rows[0] * S - self.pt  # input row of output row rows[0], tap 0
-        with T.serial(0, count) as t:
-            x0 = self._x0(t, count)
+        for x0, m in self.tiles():
             acc = T.alloc_buffer((outs * R_ * m * V,), "float32", scope="local")
             taps = T.alloc_buffer((K * V,), "float32", scope="local")
 
@@ -251,7 +332,7 @@ class Emitter:
             for o in range(outs):
                 for r, oy in enumerate(rows):
                     for j in range(m):
-                        value = self.epilogue.apply(vload(acc, slot(o, r, j), V), V)
+                        value = self.epilogue.apply(self.restore(vload(acc, slot(o, r, j), V)), V)
                         vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
 
     def scalar(self, oy, ox, kys, kxs) -> None:
@@ -277,16 +358,17 @@ class Emitter:
     def rows(self, rows, kys) -> None:
         """Output rows ``rows`` (expressions) that all take the kernel rows ``kys``, across the whole width."""
         W = self.shape.width
-        if self.m:
+        if self.whole_rows or self.m:
             if self.shape.depthwise:
                 self.vector_rows_expr(rows, kys)
             elif len(rows) == 1 and len(kys) == self.K and self.knobs.tap_loop:
                 self.vector_row_tap_loop(rows[0])
             else:
                 self.vector_rows(rows, kys)
-            for ox in list(range(0, self.L)) + list(range(self.RE, self.OW)):
-                for oy in rows:
-                    self.scalar(oy, ox, kys, _valid(ox, self.S, self.pl, self.K, W))
+            if not self.whole_rows:
+                for ox in list(range(0, self.L)) + list(range(self.RE, self.OW)):
+                    for oy in rows:
+                        self.scalar(oy, ox, kys, _valid(ox, self.S, self.pl, self.K, W))
         else:  # a row narrower than a vector: scalar, taps checked per column
             with T.serial(0, self.OW) as ox:
                 for oy in rows:

@@ -38,15 +38,6 @@ def vstore(buf, base, value, lanes: int) -> None:
     T.buffer_store(buf, value, [ramp(base, lanes)])
 
 
-def shuffle_even(lo, hi, lanes: int):
-    """Lanes 0, 2, 4, … of the 2·lanes values ``lo ++ hi`` (a stride-2 load from two contiguous ones)."""
-    return tirx.Shuffle([lo, hi], [2 * i for i in range(lanes)])
-
-
-def shuffle_odd(lo, hi, lanes: int):
-    return tirx.Shuffle([lo, hi], [2 * i + 1 for i in range(lanes)])
-
-
 def lane_sum(vector, lanes: int):
     """The sum of a vector's lanes (once per reduction: no need for a shuffle tree)."""
     if lanes == 1:
