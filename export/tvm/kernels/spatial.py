@@ -227,24 +227,26 @@ class Emitter:
         two scalar pixels. Otherwise the interior columns only (borders are then scalar code)."""
         V = self.V
         if not self.whole_rows:
-            m = self.m
-            count = -(-self.NI // (m * V))
-            with T.serial(0, count) as t:
-                yield self.L + tirx.min(t * (m * V), self.NI - m * V), m
+            yield from self._interior_loop(self.L, self.NI, self.m)
             return
         head, start, middle, tail = row_plan(self.L, self.RE, self.OW, V)
         for x0 in head:
             yield x0, 1
         if middle:
-            m = max(1, min(self.knobs.vectors, middle))
-            count = -(-middle // m)
-            if count == 1:
-                yield start, m
-            else:
-                with T.serial(0, count) as t:
-                    yield start + tirx.min(t * (m * V), (middle - m) * V), m
+            yield from self._interior_loop(start, middle * V, min(self.knobs.vectors, middle))
         for x0 in tail:
             yield x0, 1
+
+    def _interior_loop(self, start: int, span: int, m: int):
+        """Tiles of ``m`` vectors over the interior columns ``[start, start + span)``, the last one
+        overlapping its neighbour; a single tile is static (no loop)."""
+        width = m * self.V
+        count = -(-span // width)
+        if count == 1:
+            yield start, m
+            return
+        with T.serial(0, count) as t:
+            yield start + tirx.min(t * width, span - width), m
 
     # --- rows --------------------------------------------------------------------------------------
 
