@@ -96,7 +96,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     ``sched_yield`` 300,000 times before they sleep, up to ~0.3 s of a core after every turn, which
     made onnxruntime at 2 threads measure 3.5× slower than alone; waiting for the last process only
     still left TFLite at 2 threads as slow as at 1 and onnxruntime 2–3× slower when four TVM builds
-    of a model shared the run. With ``outputs``, returns
+    of a model shared the run, and judging each process alone did with ten. With ``outputs``, returns
     ``(samples, {name: output})``."""
     import json
     import subprocess
@@ -121,6 +121,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                                              "threads": threads}) + "\n")
             for name, proc in workers.items():
                 _reply(proc, name)  # loaded
+            wait_until_idle(*(proc.pid for proc in workers.values()))  # loading ran each model once
             samples = {name: [] for name in specs}
             order = list(workers)
             for r in range(rounds):
@@ -145,14 +146,17 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     return (samples, got) if outputs else samples
 
 
-def wait_until_idle(*pids: int, window_s: float = 0.05, timeout_s: float = 3.0) -> float:
-    """Wait until every process of ``pids`` uses (almost) no CPU over the same ``window_s``; the
-    seconds waited.
+def wait_until_idle(*pids: int, window_s: float = 0.05, timeout_s: float = 10.0) -> float:
+    """Wait until the processes ``pids`` together use (almost) no CPU over a ``window_s``; the seconds
+    waited.
 
-    CPU times come in clock ticks (10 ms on Linux), so "idle" is at most one tick gained by each
-    process in the window: a thread still spinning would gain ``window_s`` worth. Gives up after
-    ``timeout_s`` (a process that never idles should not hang a benchmark), or at once when a
-    process is gone."""
+    CPU times come in clock ticks (10 ms on Linux), so "idle" is at most one tick gained by all of
+    them together in the window. Judging each process alone is not enough: with ten TVM builds in a
+    run, their pool workers, each calling ``sched_yield`` in its spin, hand the cores to one another,
+    so each gains at most a tick per window and looks idle while together they hold a whole core,
+    and each spin of 300,000 yields then lasts as long as the others' (TFLite and onnxruntime at 2
+    threads measured 2–4× slower than alone). Gives up after ``timeout_s`` (a process that never
+    idles should not hang a benchmark), or at once when a process is gone."""
     import psutil
 
     def cpu(process):
@@ -161,11 +165,11 @@ def wait_until_idle(*pids: int, window_s: float = 0.05, timeout_s: float = 3.0) 
     started = time.perf_counter()
     try:
         processes = [psutil.Process(pid) for pid in pids]
-        before = [cpu(p) for p in processes]
+        before = sum(cpu(p) for p in processes)
         while time.perf_counter() - started < timeout_s:
             time.sleep(window_s)
-            now = [cpu(p) for p in processes]
-            if all(b - a <= 0.0105 for a, b in zip(before, now)):
+            now = sum(cpu(p) for p in processes)
+            if now - before <= 0.0105:
                 break
             before = now
     except psutil.Error:

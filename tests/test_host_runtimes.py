@@ -37,3 +37,30 @@ def test_a_process_that_never_idles_times_out_and_a_gone_one_returns():
         proc.kill()
         proc.wait()
     assert host_runtimes.wait_until_idle(proc.pid, timeout_s=5) < 0.5
+
+
+class _FakeProcess:
+    """A process gaining ``share`` of a core's CPU time as the clock runs (psutil's cpu_times shape)."""
+
+    def __init__(self, share: float):
+        import time
+
+        self.share, self.start = share, time.perf_counter()
+
+    def cpu_times(self):
+        import time
+
+        return ((time.perf_counter() - self.start) * self.share, 0.0)
+
+
+def test_processes_busy_together_are_not_idle_though_each_looks_idle(monkeypatch):
+    """Ten TVM pools spinning on sched_yield share the cores: each gains at most a tick per window, yet
+    together they hold a core, and the next runtime must wait for them (judged together, not alone)."""
+    import psutil
+
+    shares = {pid: 0.15 for pid in range(1000, 1006)}  # six at 15 % of a core: 7.5 ms each per 50 ms
+    monkeypatch.setattr(psutil, "Process", lambda pid: _FakeProcess(shares[pid]))
+    waited = host_runtimes.wait_until_idle(*shares, window_s=0.05, timeout_s=0.6)
+    assert waited >= 0.6, waited  # never idle: the timeout ends the wait
+    shares.update({pid: 0.0 for pid in shares})  # all asleep
+    assert host_runtimes.wait_until_idle(*shares, window_s=0.05, timeout_s=0.6) < 0.2
