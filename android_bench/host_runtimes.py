@@ -121,7 +121,8 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                                              "threads": threads}) + "\n")
             for name, proc in workers.items():
                 _reply(proc, name)  # loaded
-            wait_until_idle(*(proc.pid for proc in workers.values()))  # loading ran each model once
+            pids = [proc.pid for proc in workers.values()]
+            wait_until_idle(*pids)  # loading ran each model once
             samples = {name: [] for name in specs}
             order = list(workers)
             for r in range(rounds):
@@ -129,7 +130,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                     workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
                     samples[name].extend(_reply(workers[name], name)[name])
                     time.sleep(pause_s)
-                    wait_until_idle(*(proc.pid for proc in workers.values()))  # all: a pool may wake later
+                    wait_until_idle(*pids)  # all: a pool may wake later
             got = {}
             if outputs:
                 for index, (name, proc) in enumerate(workers.items()):

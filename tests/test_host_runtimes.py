@@ -1,6 +1,7 @@
 """The host timing harness's hand-over between timing processes (android_bench.host_runtimes)."""
 import subprocess
 import sys
+import time
 
 from android_bench import host_runtimes
 
@@ -43,13 +44,9 @@ class _FakeProcess:
     """A process gaining ``share`` of a core's CPU time as the clock runs (psutil's cpu_times shape)."""
 
     def __init__(self, share: float):
-        import time
-
         self.share, self.start = share, time.perf_counter()
 
     def cpu_times(self):
-        import time
-
         return ((time.perf_counter() - self.start) * self.share, 0.0)
 
 
