@@ -367,6 +367,46 @@ def test_pointwise_depthwise_pairs_fused_end_to_end(arch, tmp_path, rng):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("parts_ms, fused", [(0.5, False), (5.0, True)])
+def test_fusing_is_decided_against_the_parts_timed_in_the_same_rounds(parts_ms, fused, tmp_path):
+    """A fused op's candidates and its two parts (with their searched knobs) are timed in one call,
+    round by round, and the decision uses those times: the parts' cached times, measured minutes
+    before (here 100 ms each, as in a busy spell of a shared host), do not count."""
+    from export.tvm import rewrite
+
+    lanes = HOST.vector_lanes()
+    _, _, path = pruned_small_onnx("mobilenet_v2", tmp_path, nchw=True)
+    mod, *_ = compiler.import_onnx(path)
+    plan = rewrite.plan(mod, rewrite.Settings(lanes=lanes))
+    op = next(op for op in plan.ops if op.parts and op.kernel.candidates(lanes, 1))
+    cache = {knob_search.cache_key(HOST, part): {"knobs": dataclasses.asdict(part.kernel.default_knobs(lanes, 1)),
+                                                 "ms": 100.0} for part in op.parts}
+
+    class Timer:
+        spec, calls = HOST, []
+
+        def load(self, funcs):
+            return sorted(funcs)
+
+        def time(self, lib, names, arguments, rounds):
+            assert sorted(names) == lib and len(arguments) == len(names)
+            self.calls.append(names)
+            return [2.0 if name.startswith("onexn_candidate") else parts_ms for name in names]
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    key = knob_search.cache_key(HOST, op)
+    knob_search._measure({key: op}, Timer(), cache, tmp_path / "knobs.json", lanes, 1, 1, Bar())
+    [names] = Timer.calls
+    assert sum(name.startswith("onexn_part_") for name in names) == 2
+    entry = cache[key]
+    assert entry["knobs"]["split"] is not fused
+    assert entry["ms"] == (2.0 if fused else 2 * parts_ms)
+    assert json.loads((tmp_path / "knobs.json").read_text())[key] == entry
+
+
 def _elf_machine(blob: bytes) -> int:
     assert blob[:4] == b"\x7fELF"
     return int.from_bytes(blob[18:20], "little")

@@ -3,7 +3,8 @@ generated once per candidate of its kind's small search space, all candidates ar
 library, and each is timed with the layer's real constants (weights, block structure) on a random
 input, here or on an RPC device, with the caches flushed of everything but the input before each
 run: inside a whole model a layer's input was just written by the layer before, while its weights
-and output buffer were last touched an inference ago. The fastest candidate's knobs are cached in the work directory, so a
+and output buffer were last touched an inference ago. A fused op's candidates are timed in the same
+rounds as its two parts (with the parts' searched knobs), which it must beat to be used. The fastest candidate's knobs are cached in the work directory, so a
 rerun, or another model with the same layers, measures nothing again; a stopped search resumes with
 the kernels it had not reached.
 """
@@ -114,16 +115,28 @@ def _measure(todo: dict, timer: _Timer, cache: dict, path: Path, lanes: int, cor
     for key, op in todo.items():
         candidates = op.kernel.candidates(lanes, cores)
         if op.parts and not candidates:  # no fused kernel fits this pair: apart
-            cache[key] = _split_entry(op, [], [], cache, timer.spec)
+            parts_ms = sum(cache[cache_key(timer.spec, part)]["ms"] for part in op.parts)
+            cache[key] = _split_entry(op, [], [], parts_ms, timer.spec)
             files.write_json(path, cache)
             bar.update(1)
             continue
         names = [f"onexn_candidate_{i}" for i in range(len(candidates))]
-        lib = timer.load({name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)})
+        funcs = {name: op.kernel.build(knobs, lanes, name) for name, knobs in zip(names, candidates)}
         inputs = [rng.standard_normal(shape).astype(np.float32) for shape in op.kernel.inputs()]
-        timings = timer.time(lib, names, [_arguments(op, knobs, inputs) for knobs in candidates], rounds)
+        arguments = [_arguments(op, knobs, inputs) for knobs in candidates]
+        # a fused op's parts, with their searched knobs, are timed in the same rounds as its candidates:
+        # timed minutes apart, a busy spell of a shared host decided between fusing and not
+        parts = [(part, part.kernel.knobs_from(cache[cache_key(timer.spec, part)]["knobs"]))
+                 for part in op.parts or []]
+        for j, (part, knobs) in enumerate(parts):
+            funcs[f"onexn_part_{j}"] = part.kernel.build(knobs, lanes, f"onexn_part_{j}")
+            part_inputs = [rng.standard_normal(shape).astype(np.float32) for shape in part.kernel.inputs()]
+            arguments.append(_arguments(part, knobs, part_inputs))
+        lib = timer.load(funcs)
+        timings = timer.time(lib, list(funcs), arguments, rounds)
+        timings, parts_ms = timings[:len(names)], timings[len(names):]
         best_ms, best = min(zip(timings, candidates), key=lambda t: t[0])
-        apart = _split_entry(op, timings, candidates, cache, timer.spec) if op.parts else None
+        apart = _split_entry(op, timings, candidates, sum(parts_ms), timer.spec) if op.parts else None
         if apart is not None and apart["ms"] <= best_ms:
             cache[key] = apart
         else:
@@ -133,9 +146,8 @@ def _measure(todo: dict, timer: _Timer, cache: dict, path: Path, lanes: int, cor
         bar.update(1)
 
 
-def _split_entry(op, timings, candidates, cache: dict, spec: TargetSpec) -> dict:
-    """The entry of a fused op run as its parts: their measured times summed (measured just before)."""
-    parts_ms = sum(cache[cache_key(spec, part)]["ms"] for part in op.parts)
+def _split_entry(op, timings, candidates, parts_ms: float, spec: TargetSpec) -> dict:
+    """The entry of a fused op run as its parts, which take ``parts_ms`` together."""
     knobs = dataclasses.replace(op.kernel.default_knobs(spec.vector_lanes(), int(spec.config["num-cores"])),
                                 split=True)
     return {"kind": op.kernel.kind, "knobs": dataclasses.asdict(knobs), "ms": parts_ms,
