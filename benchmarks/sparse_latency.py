@@ -1,7 +1,7 @@
 """Whole-model latency: our TVM 1×N builds vs our TVM dense build vs onnxruntime vs TFLite (XNNPACK).
 
-Models (``--models``): MobileNetV1, V2 and V3-Large (alpha 1.0, 224 px) and the demo's model (V2,
-alpha 0.35, 64 px, 4 classes); batch 1, random weights with logits outputs. Latency does not depend
+Models (``--models``): MobileNetV1, V2 and V3-Large (alpha 1.0, 224 px, or ``--alpha`` and ``--input-size``)
+and the demo's model (V2, alpha 0.35, 64 px, 4 classes); batch 1, random weights with logits outputs. Latency does not depend
 on weight values, only on which blocks are zero, so each model is exported once (ONNX NCHW + TFLite)
 and its 1×N-pruned variants are made by masking the pointwise convolutions' ONNX weights with our
 block-L1 masks (N = bsr, rate p). Every TVM build runs every operation on our kernels (the sidecar
@@ -21,6 +21,10 @@ each sparse build's ratio to the best dense runtime of the same run.
 
     python benchmarks/sparse_latency.py --out bench_out                       # the full grid
     python benchmarks/sparse_latency.py --out bench_out --models mobilenet_v1 --bsr 4 --threads 1
+    python benchmarks/sparse_latency.py --out bench_out --models mobilenet_v2 --alpha 0.75 --input-size 160
+
+Another width or input size is another model (``mobilenet_v2_a0.75_160``: its own directory, rows and
+knob measurements); the goals are the architecture's, which hold at any width and size.
 """
 from __future__ import annotations
 
@@ -56,13 +60,33 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     p.add_argument("--number", type=int, default=10, help="timed runs per runtime per round")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per runtime per round")
+    p.add_argument("--alpha", type=float, default=1.0, help="width of MobileNetV1/V2/V3-Large (not the demo's model)")
+    p.add_argument("--input-size", type=int, default=224, help="input size (px) of MobileNetV1/V2/V3-Large")
     p.add_argument("--profile-time", help=argparse.SUPPRESS)  # internal: the profiling child process
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 < args.alpha <= 4:
+        p.error(f"--alpha {args.alpha:g} is not allowed: it must be in (0, 4]")
+    if not 32 <= args.input_size <= 1024:
+        p.error(f"--input-size {args.input_size} is not allowed: it must be 32 to 1024 px")
+    return args
+
+
+def model_label(name: str, args) -> str:
+    """The name results and files go under: the architecture's, with the width and size when not the default."""
+    if name == "demo" or (args.alpha, args.input_size) == (1.0, 224):
+        return name
+    return f"{name}_a{args.alpha:g}_{args.input_size}"
+
+
+def model_config(name: str, args) -> tuple:
+    """``(architecture, alpha, input size, classes)`` of ``--models`` entry ``name`` with ``--alpha``/``--input-size``."""
+    arch, alpha, size, classes = MODELS[name]
+    return (arch, alpha, size, classes) if name == "demo" else (arch, args.alpha, args.input_size, classes)
 
 
 # --- build ---------------------------------------------------------------------------------------
 
-def export_model(name: str, out: Path) -> tuple[Path, Path]:
+def export_model(name: str, config: tuple, out: Path) -> tuple[Path, Path]:
     """Dense ONNX (NCHW, logits) and TFLite files of a randomly initialised model."""
     onnx_path, tflite_path = out / f"{name}_dense.onnx", out / f"{name}_dense.tflite"
     if onnx_path.exists() and tflite_path.exists():
@@ -71,7 +95,7 @@ def export_model(name: str, out: Path) -> tuple[Path, Path]:
     from onexn_tf import models
     from onexn_tf._keras import keras
 
-    arch, alpha, size, classes = MODELS[name]
+    arch, alpha, size, classes = config
     keras.utils.set_random_seed(0)
     model = models.build(arch, alpha=alpha, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
     onnx_format.write(model, onnx_path, nchw=True)
@@ -79,7 +103,7 @@ def export_model(name: str, out: Path) -> tuple[Path, Path]:
     return onnx_path, tflite_path
 
 
-def pruned_onnx(name: str, dense: Path, bsr: int, sparsity: float, out: Path) -> Path:
+def pruned_onnx(name: str, classes: int, dense: Path, bsr: int, sparsity: float, out: Path) -> Path:
     """The dense ONNX with every pointwise conv but the classifier 1×``bsr``-pruned at ``sparsity``."""
     path = out / f"{name}_bsr{bsr}_p{sparsity:g}.onnx"
     if path.exists():
@@ -89,7 +113,7 @@ def pruned_onnx(name: str, dense: Path, bsr: int, sparsity: float, out: Path) ->
     from export.tvm import onnx_graph
 
     model, _ = onnx_graph.block_prune_pointwise(onnx.load(str(dense)), bsr, sparsity,
-                                                skip_out_channels=MODELS[name][3])
+                                                skip_out_channels=classes)
     onnx.save(model, str(path))
     return path
 
@@ -108,10 +132,11 @@ def build_all(args):
     (a build's knobs are measured with the threads it will run with)."""
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    for name in args.models:
+    for base in args.models:
+        name, config = model_label(base, args), model_config(base, args)
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
-        dense_onnx, tflite = export_model(name, out)
+        dense_onnx, tflite = export_model(name, config, out)
         work = out / "tvm_tuning"
         entry = manifest.get(name, {})
         entry.update({"onnx": str(dense_onnx), "tflite": str(tflite)})
@@ -127,7 +152,8 @@ def build_all(args):
             for bsr in args.bsr:
                 for p in args.sparsity:
                     so = t_out / f"tvm_bsr{bsr}_p{p:g}.so"
-                    sidecar = _build(pruned_onnx(name, dense_onnx, bsr, p, out), so, work, bsr=bsr, num_cores=threads)
+                    sidecar = _build(pruned_onnx(name, config[3], dense_onnx, bsr, p, out), so, work, bsr=bsr,
+                                     num_cores=threads)
                     builds["sparse"].append({"bsr": bsr, "sparsity": p, "tvm": str(so)})
                     builds["summaries"][so.stem] = _summary(sidecar)
                     print(f"{name} ({threads} thread(s)) bsr={bsr} p={p}: {_describe(sidecar)}", flush=True)
@@ -161,7 +187,7 @@ def _input(entry) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def time_model(name: str, entry: dict, threads: int, args) -> list[dict]:
+def time_model(name: str, base: str, entry: dict, threads: int, args) -> list[dict]:
     from android_bench import host_runtimes
 
     builds = entry["threads"][str(threads)]
@@ -179,7 +205,7 @@ def time_model(name: str, entry: dict, threads: int, args) -> list[dict]:
     for key, ms in samples.items():
         runtime, bsr, p = meta[key]
         ms = np.asarray(ms)
-        rows.append({"model": name, "threads": threads, "runtime": runtime, "bsr": bsr, "sparsity": p,
+        rows.append({"model": name, "architecture": base, "threads": threads, "runtime": runtime, "bsr": bsr, "sparsity": p,
                      "median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
                      "p5_ms": float(np.percentile(ms, 5)), "p95_ms": float(np.percentile(ms, 95))})
     best = min(r["median_ms"] for r in rows if r["runtime"] in ("onnxruntime", "tflite-xnnpack"))
@@ -191,14 +217,15 @@ def time_model(name: str, entry: dict, threads: int, args) -> list[dict]:
 def time_all(args):
     manifest = json.loads((args.out / "manifest.json").read_text())
     rows = []
-    for name in args.models:
+    for base in args.models:
+        name = model_label(base, args)
         if name not in manifest:
             continue
         for threads in args.threads:
             if str(threads) not in manifest[name].get("threads", {}):
                 continue
             t = time.time()
-            rows += time_model(name, manifest[name], threads, args)
+            rows += time_model(name, base, manifest[name], threads, args)
             print(f"timed {name} with {threads} thread(s) in {time.time() - t:.0f} s", flush=True)
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -210,18 +237,18 @@ def time_all(args):
 
 
 def print_table(rows):
-    print(f"\n{'model':18} {'thr':>3} {'runtime':15} {'bsr':>3} {'p':>4} {'median ms':>9} {'p5':>7} {'p95':>7} "
+    print(f"\n{'model':28} {'thr':>3} {'runtime':15} {'bsr':>3} {'p':>4} {'median ms':>9} {'p5':>7} {'p95':>7} "
           f"{'x best dense':>12} {'goal':>5}")
     for r in rows:
-        goal = GOALS.get((r["model"], r["sparsity"])) if r["bsr"] == 4 else None
-        print(f"{r['model']:18} {r['threads']:>3} {r['runtime']:15} {str(r['bsr']):>3} {r['sparsity']:>4} "
+        goal = GOALS.get((r["architecture"], r["sparsity"])) if r["bsr"] == 4 else None
+        print(f"{r['model']:28} {r['threads']:>3} {r['runtime']:15} {str(r['bsr']):>3} {r['sparsity']:>4} "
               f"{r['median_ms']:>9.3f} {r['p5_ms']:>7.3f} {r['p95_ms']:>7.3f} {r['x_best_dense_runtime']:>12.2f} "
               f"{'' if goal is None else f'{goal:.1f}':>5}")
     by = {(r["model"], r["runtime"], r["threads"]): r["median_ms"] for r in rows if r["runtime"] != "tvm-bsr"}
     print("\nthread scaling (1 thread / 2 threads, same run):")
     for (model, runtime, threads), ms in by.items():
         if threads == 2 and (model, runtime, 1) in by:
-            print(f"  {model:18} {runtime:15} {by[(model, runtime, 1)] / ms:.2f}x")
+            print(f"  {model:28} {runtime:15} {by[(model, runtime, 1)] / ms:.2f}x")
 
 
 def plot(rows, path):
@@ -269,7 +296,7 @@ def profile_all(args):
 
     manifest = json.loads((args.out / "manifest.json").read_text())
     profiles = []
-    for name in args.models:
+    for name in (model_label(base, args) for base in args.models):
         entry = manifest.get(name)
         if entry is None:
             continue
@@ -291,12 +318,12 @@ def profile_all(args):
     (args.out / "profile.json").write_text(json.dumps(profiles, indent=2))
     print("\nshare of end-to-end time; a fused pointwise -> depthwise call is split between the two in the ratio of "
           "its parts' own kernel times (its whole share in 'fused')")
-    print(f"{'model':18} {'thr':>3} {'build':9} {'p':>4} {'e2e ms':>7} {'pointwise':>10} {'depthwise':>10} "
+    print(f"{'model':28} {'thr':>3} {'build':9} {'p':>4} {'e2e ms':>7} {'pointwise':>10} {'depthwise':>10} "
           f"{'rest':>7} {'overhead':>9} {'fused':>6} {'e2e/kernels':>11}")
     for r in profiles:
         a = r["apportioned_ms"]
         rest = sum(ms for k, ms in a.items() if k not in ("pointwise", "depthwise", profile.VM_CALLS))
-        print(f"{r['model']:18} {r['threads']:>3} {r['build']:9} {r['sparsity']:>4} {r['end_to_end_ms']:>7.3f} "
+        print(f"{r['model']:28} {r['threads']:>3} {r['build']:9} {r['sparsity']:>4} {r['end_to_end_ms']:>7.3f} "
               f"{_share(a.get('pointwise', 0), r):>10} {_share(a.get('depthwise', 0), r):>10} {_share(rest, r):>7} "
               f"{_share(r['overhead_ms'], r):>9} {_share(r['groups_ms'].get(profile.FUSED, 0), r):>6} "
               f"{r['end_to_end_ms'] / r['kernels_ms']:>11.3f}")
