@@ -167,6 +167,31 @@ def test_depthwise(rng, size, kernel, stride, pads):
             close(run(kernel_, knobs, lanes, [x, w, b]), want)
 
 
+@pytest.mark.parametrize("size, kernel, pads, lanes", [
+    ((7, 7), 3, (1, 1, 1, 1), 8), ((14, 14), 3, (1, 1, 1, 1), 8), ((5, 5), 3, (1, 1, 1, 1), 16),
+    ((7, 7), 5, (2, 2, 2, 2), 8), ((3, 5), 3, (1, 1, 1, 1), 4), ((2, 1), 3, (1, 1, 1, 1), 8),
+    ((15, 15), 5, (2, 2, 2, 2), 16), ((1, 9), 3, (1, 1, 1, 1), 8),
+])
+def test_depthwise_flattened_plane(rng, size, kernel, pads, lanes):
+    """The flattened-plane depthwise (vectors across row ends, masked taps, clamped reads at the
+    plane's ends, planes narrower than a vector) equals numpy, and is offered only where it applies."""
+    channels = 6
+    shape = spatial.SpatialShape(2, channels, *size, channels, kernel, 1, pads, depthwise=True)
+    x = rng.standard_normal((2, channels, *size)).astype(np.float32)
+    w = rng.standard_normal((channels, kernel * kernel)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    for epi in (Epilogue(True, 0.0, 6.0), Epilogue(True, hswish=True)):
+        kernel_ = Kernel("depthwise", shape, epi)
+        flat = [k for k in kernel_.candidates(lanes, 2) if k.flat]
+        assert flat
+        for knobs in flat:  # parallel and, for small work, serial
+            close(run(kernel_, knobs, lanes, [x, w, b]), conv_ref(x, w, b, shape, epi))
+    for other in (spatial.SpatialShape(1, 4, 14, 14, 4, 3, 2, (0, 0, 1, 1), depthwise=True),  # stride 2
+                  spatial.SpatialShape(1, 4, 28, 28, 4, 3, 1, (1, 1, 1, 1), depthwise=True),  # 784 pixels
+                  spatial.SpatialShape(1, 4, 7, 7, 4, 3, 1, (0, 0, 0, 0), depthwise=True)):  # 5×5 output
+        assert not any(k.flat for k in Kernel("depthwise", other, Epilogue(True)).candidates(8, 2))
+
+
 @pytest.mark.parametrize("left, right, width, lanes", [
     (1, 13, 14, 8), (1, 6, 7, 4), (1, 111, 112, 8), (0, 55, 56, 8), (2, 26, 28, 8), (1, 15, 16, 16),
     (3, 9, 12, 2), (0, 8, 8, 8), (1, 4, 5, 4),

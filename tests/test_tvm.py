@@ -367,6 +367,29 @@ def test_pointwise_depthwise_pairs_fused_end_to_end(arch, tmp_path, rng):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_flattened_plane_depthwise_end_to_end(arch, tmp_path, rng):
+    """With every depthwise layer that offers it on the flattened-plane kernel (in blocks of 4 vectors
+    where the plane has more), a pruned MobileNet still reproduces onnxruntime on varying logits."""
+    from export.tvm import rewrite
+
+    lanes = HOST.vector_lanes()
+    _, _, path = pruned_small_onnx(arch, tmp_path, nchw=True)
+    mod, name, shape, _, _ = compiler.import_onnx(path)
+    plan = rewrite.plan(mod, rewrite.Settings(lanes=lanes, fuse=False))
+
+    def forced(op):
+        flat = [k for k in op.kernel.candidates(lanes, 1) if getattr(k, "flat", False)]
+        return max(flat, key=lambda k: k.vectors) if flat else op.kernel.default_knobs(lanes, 1)
+    built = compiler.build(tuning.zero_pipeline(rewrite.apply_plan(plan, forced, lanes)), HOST, tmp_path)
+    assert sum(getattr(op.knobs, "flat", False) for op in plan.ops) >= 3
+    xs = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(3)]
+    want = np.concatenate(compiler.reference_outputs(path, name, xs))
+    got = np.concatenate(compiler.run_vm(built, xs))
+    assert want.std(axis=0).mean() > 1e-3 * np.abs(want).max(), "logits do not vary across inputs"
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("parts_ms, fused", [(0.5, False), (5.0, True)])
 def test_fusing_is_decided_against_the_parts_timed_in_the_same_rounds(parts_ms, fused, tmp_path):
     """A fused op's candidates and its two parts (with their searched knobs) are timed in one call,

@@ -11,6 +11,12 @@ its valid taps; the last vector tile of a row overlaps its neighbour instead of 
 Several output rows (``rows``) and tiles (``vectors``) are computed together so the input rows they
 share are loaded once and enough independent FMA chains are in flight.
 
+Small depthwise planes (stride 1, "same" padding, at most 576 pixels: 20×20, 14×14, 7×7, 5×5) may
+instead run along the flattened plane (``flat``): rows back to back in vectors of the target's lanes,
+each tap one load shifted by ``dy·W + dx``, and per kernel column the lanes that column moves off
+their row zeroed by one blend, so a 7-wide row is not a 4-lane vector plus border shuffles (AVX2,
+one core: 7×7 1.3×, 5×5 2×, 10×10 1.5×, 14×14 1.1×, 20×20 1.2× the row kernel; 28×28 is slower).
+
 Depthwise: one plane per channel, planes in parallel. Dense (``groups == 1``): ``out_block`` output
 channels share each input load; blocks of output channels in parallel. An optional scalar affine
 ``a·x + b`` on the input (Keras' ``Rescaling`` before the stem) is applied to loaded values only,
@@ -70,6 +76,8 @@ class SpatialKnobs:
     out_block: int = 4  # dense: output channels sharing each input load (depthwise: 1)
     parallel: bool = True
     tap_loop: bool = False  # dense, rows=1: a runtime loop over (input channel, kernel row)
+    flat: bool = False  # depthwise on a small plane: vectors along the flattened plane (see flat_plane_ok);
+    # with flat, ``vectors`` is how many vectors a block of straight-line code holds (0: the whole plane)
 
 
 def supported(kernel: int, stride: int) -> bool:
@@ -80,10 +88,19 @@ def candidates(shape: SpatialShape, lanes: int, cores: int) -> list[SpatialKnobs
     parallel = cores > 1
     if shape.depthwise:
         knobs = [SpatialKnobs(v, r, 1, parallel) for v, r in ((1, 1), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4))]
+        if flat_plane_ok(shape):
+            knobs += [SpatialKnobs(v, 1, 1, parallel, flat=True) for v in (0, 4)]
     else:
         knobs = [SpatialKnobs(v, r, b, parallel) for v, r, b in ((1, 1, 8), (2, 1, 4), (2, 1, 8), (1, 1, 16))]
         knobs += [SpatialKnobs(v, 1, b, parallel, tap_loop=True) for v, b in ((2, 8), (2, 12), (1, 16), (3, 8), (4, 4))]
     return with_serial(knobs, shape.macs(), cores)
+
+
+def flat_plane_ok(shape: SpatialShape) -> bool:
+    """Whether the flattened-plane depthwise applies: stride 1, output plane = input plane, ≤ 576 pixels
+    (its vectors and taps are unrolled: 50 vectors × 9 taps on a 20×20 plane with AVX2)."""
+    return (shape.depthwise and shape.stride == 1 and shape.affine is None and 2 <= shape.height * shape.width <= 576
+            and (shape.out_height, shape.out_width) == (shape.height, shape.width))
 
 
 def default_knobs(shape: SpatialShape, lanes: int, cores: int) -> SpatialKnobs:
@@ -357,6 +374,77 @@ class Emitter:
                         acc = acc + self.weight(o, 0 if depthwise else ci_index, ky, kx, 1) * value
             T.buffer_store(self.Yf, self.epilogue.apply(acc, 1), [self.out_row(self.co0 + o, oy) + ox])
 
+    def flat_plane(self, lanes: int) -> None:
+        """Depthwise, the whole plane of the current channel (:func:`flat_plane_ok`) as vectors along the
+        flattened plane, the last one shifted back to end at the last pixel. Tap (dy, dx) of the
+        vector from pixel s reads pixels s + dy·W + dx …: lanes whose pixel's row or column falls
+        outside the plane are zeroed by a shuffle with a zero vector (a blend), and a read that would
+        leave the plane is clamped into it and its lanes picked by the same shuffle (see
+        :meth:`_flat_vector`). Every vector is static code (its lane patterns are known), the channel's
+        K·K weights loaded once for all; with ``knobs.vectors`` = G > 0 the vectors run G at a time as
+        the cases of a loop, so LLVM does not interleave a whole 14×14 plane's loads and spill them."""
+        P = self.shape.height * self.shape.width
+        V = lanes if P >= lanes else 1 << (P.bit_length() - 1)
+        row0, out0 = self.in_row(self.cins[0], 0), self.out_row(self.co0, 0)
+        starts = sorted({min(j * V, P - V) for j in range(-(-P // V))})
+        G = self.knobs.vectors if self.knobs.vectors > 0 else len(starts)
+        chunks = [starts[i:i + G] for i in range(0, len(starts), G)]
+        if len(chunks) == 1:
+            for s in starts:
+                self._flat_vector(s, V, row0, out0)
+            return
+
+        def chain(k, index):
+            if index == len(chunks) - 1:
+                for s in chunks[index]:
+                    self._flat_vector(s, V, row0, out0)
+                return
+            with T.If(k == index):
+                with T.Then():
+                    for s in chunks[index]:
+                        self._flat_vector(s, V, row0, out0)
+                with T.Else():
+                    chain(k, index + 1)
+        with T.serial(0, len(chunks)) as k:
+            chain(k, 0)
+
+    def _flat_vector(self, s: int, V: int, row0, out0) -> None:
+        """The vector of outputs from pixel ``s``: per kernel column, the sum of its K taps, then the
+        lanes whose column that kernel column moves off the row zeroed once (one blend per kernel
+        column, not per tap). A tap's lanes whose row falls outside the plane, or whose read would
+        leave it, are zeroed by the tap's own shuffle (only vectors on the first or last rows)."""
+        K, W, H = self.K, self.shape.width, self.shape.height
+        P = H * W
+        zero = bcast(f32(0), V)
+        rows = [(s + q) // W for q in range(V)]
+        cols = [(s + q) % W for q in range(V)]
+        total = self.bias(0, V)
+        for kx in range(K):
+            dx = kx - self.pl
+            col_ok = [0 <= c + dx < W for c in cols]
+            if not any(col_ok):
+                continue
+            column = None
+            for ky in range(K):
+                dy = ky - self.pt
+                a = s + dy * W + dx
+                keep = [0 <= y + dy < H and 0 <= a + q < P for q, y in enumerate(rows)]
+                if not any(k and c for k, c in zip(keep, col_ok)):
+                    continue
+                at = min(max(a, 0), P - V)
+                x = vload(self.Xf, row0 + at, V)
+                pick = [a + q - at if k else V for q, k in enumerate(keep)]
+                if pick != list(range(V)):
+                    x = tirx.Shuffle([x, zero], pick)
+                term = self.weight(0, 0, ky, kx, V) * x
+                column = term if column is None else column + term
+            if column is None:
+                continue
+            if not all(col_ok):
+                column = tirx.Shuffle([column, zero], [q if ok else V for q, ok in enumerate(col_ok)])
+            total = total + column
+        vstore(self.Yf, out0 + s, self.epilogue.apply(total, V), V)
+
     def rows(self, rows, kys) -> None:
         """Output rows ``rows`` (expressions) that all take the kernel rows ``kys``, across the whole width."""
         W = self.shape.width
@@ -402,6 +490,8 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
     OH, OW = shape.out_height, shape.out_width
     if not supported(shape.kernel, shape.stride) or (shape.depthwise and CI != CO):
         raise ValueError(f"unsupported spatial convolution {shape}")
+    if knobs.flat and not flat_plane_ok(shape):
+        raise ValueError(f"no flattened-plane kernel for {shape}")
     OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
     groups = CO if shape.depthwise else -(-CO // OB)
     taps = shape.kernel ** 2 * (1 if shape.depthwise else CI)
@@ -419,7 +509,10 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
                 # output channels of this group: [g·OB, g·OB + OB); the last group of a dense conv may be short
                 def body(outs: int):
                     em.group(g * OB, outs, [g] if shape.depthwise else list(range(CI)))
-                    em.row_range(0, OH)
+                    if knobs.flat:
+                        em.flat_plane(lanes)
+                    else:
+                        em.row_range(0, OH)
 
                 last = CO - (groups - 1) * OB
                 if shape.depthwise or last == OB:
