@@ -34,8 +34,8 @@ import numpy as np
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
-from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
-                                    vector_registers, vload, vstore, with_serial)
+from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, plane_lanes,
+                                    prim_func, vector_registers, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +116,6 @@ def tiling(P: int, lanes: int, vectors: int, first: int = 0, count: int | None =
     tiles = -(-count // m)
     base, extra = divmod(count, tiles)
     return Tiling(V, count, tiles, base, extra, first)
-
-
-def plane_lanes(P: int, lanes: int) -> int:
-    return lanes if P >= lanes else 1 << (P.bit_length() - 1)
 
 
 def worker_ranges(P: int, lanes: int, workers: int) -> list[tuple[int, int]]:

@@ -29,8 +29,8 @@ import dataclasses
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
-from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func,
-                                    vload, vstore, with_serial)
+from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, plane_lanes,
+                                    prim_func, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,37 +376,35 @@ class Emitter:
 
     def flat_plane(self, lanes: int) -> None:
         """Depthwise, the whole plane of the current channel (:func:`flat_plane_ok`) as vectors along the
-        flattened plane, the last one shifted back to end at the last pixel. Tap (dy, dx) of the
-        vector from pixel s reads pixels s + dy·W + dx …: lanes whose pixel's row or column falls
-        outside the plane are zeroed by a shuffle with a zero vector (a blend), and a read that would
-        leave the plane is clamped into it and its lanes picked by the same shuffle (see
-        :meth:`_flat_vector`). Every vector is static code (its lane patterns are known), the channel's
+        flattened plane, the last one shifted back to end at the last pixel; tap (dy, dx) of the
+        vector from pixel s reads pixels s + dy·W + dx …, with the lanes that fall off the plane
+        zeroed as :meth:`_flat_vector` says. Every vector is static code (its lane patterns are known), the channel's
         K·K weights loaded once for all; with ``knobs.vectors`` = G > 0 the vectors run G at a time as
         the cases of a loop, so LLVM does not interleave a whole 14×14 plane's loads and spill them."""
         P = self.shape.height * self.shape.width
-        V = lanes if P >= lanes else 1 << (P.bit_length() - 1)
+        V = plane_lanes(P, lanes)
         row0, out0 = self.in_row(self.cins[0], 0), self.out_row(self.co0, 0)
         starts = sorted({min(j * V, P - V) for j in range(-(-P // V))})
         G = self.knobs.vectors if self.knobs.vectors > 0 else len(starts)
         chunks = [starts[i:i + G] for i in range(0, len(starts), G)]
-        if len(chunks) == 1:
-            for s in starts:
-                self._flat_vector(s, V, row0, out0)
-            return
 
-        def chain(k, index):
+        def emit(index):
+            for s in chunks[index]:
+                self._flat_vector(s, V, row0, out0)
+
+        def cases(k, index):  # chunk ``k`` of the loop: if k == index … else the next case
             if index == len(chunks) - 1:
-                for s in chunks[index]:
-                    self._flat_vector(s, V, row0, out0)
-                return
+                return emit(index)
             with T.If(k == index):
                 with T.Then():
-                    for s in chunks[index]:
-                        self._flat_vector(s, V, row0, out0)
+                    emit(index)
                 with T.Else():
-                    chain(k, index + 1)
-        with T.serial(0, len(chunks)) as k:
-            chain(k, 0)
+                    cases(k, index + 1)
+        if len(chunks) == 1:
+            emit(0)
+        else:
+            with T.serial(0, len(chunks)) as k:
+                cases(k, 0)
 
     def _flat_vector(self, s: int, V: int, row0, out0) -> None:
         """The vector of outputs from pixel ``s``: per kernel column, the sum of its K taps, then the

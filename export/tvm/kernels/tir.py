@@ -117,6 +117,12 @@ def parallel_or_serial(parallel: bool):
     return T.parallel if parallel else T.serial
 
 
+def plane_lanes(P: int, lanes: int) -> int:
+    """Vector width over a plane of ``P`` pixels: the target's lanes, or the largest power of two that
+    fits a smaller plane."""
+    return lanes if P >= lanes else 1 << (P.bit_length() - 1)
+
+
 def vector_registers(lanes: int) -> int:
     """Vector registers of a target by its fp32 lanes: AVX-512 32, AVX2 16, NEON (4 lanes) 32."""
     return 16 if lanes == 8 else 32
