@@ -27,6 +27,24 @@ def ratio(baseline: dict, other: dict, field: str = "median") -> float | None:
     return baseline[field] / other[field]
 
 
+def round_medians(samples_ms, rounds: int) -> np.ndarray:
+    """Median of each round's runs: ``samples_ms`` holds ``rounds`` runs of equal length, in order (as
+    :func:`android_bench.host_runtimes.time_in_processes` returns them)."""
+    x = np.asarray(samples_ms, dtype=np.float64)
+    if rounds < 1 or x.size == 0 or x.size % rounds:
+        raise ValueError(f"{x.size} samples do not split into {rounds} rounds")
+    return np.median(x.reshape(rounds, -1), axis=1)
+
+
+def paired_ratio_quartiles(baseline_rounds, other_rounds) -> tuple[float, float]:
+    """p25 and p75 over rounds of ``baseline / other``, each round's two medians timed seconds apart:
+    a slow spell of a shared host slows both sides of a pair, so this spread shows how far the ratio
+    of the whole run's medians can be trusted, which the latencies' own p5-p95 do not."""
+    ratios = np.asarray(baseline_rounds, dtype=np.float64) / np.asarray(other_rounds, dtype=np.float64)
+    p25, p75 = np.percentile(ratios, [25, 75])
+    return float(p25), float(p75)
+
+
 def block_weighted_sparsity(layers: list[dict]) -> float | None:
     """Share of zero blocks over all BSR-rewritten layers of an ``onexn-tvm`` sidecar (None: none)."""
     total = zero = 0.0

@@ -17,7 +17,9 @@ TVM) in its own process so one's spinning thread pool cannot take the cores anot
 into pointwise / depthwise / the rest / overhead with the Relax VM instrument
 (:mod:`android_bench.profile`); ``all`` does the three. Results: ``results.csv`` (one row per model,
 threads, runtime, bsr, p), ``profile.json``, ``latency.png`` and the tables printed at the end, with
-each sparse build's ratio to the best dense runtime of the same run.
+each sparse build's ratio to the best dense runtime of the same run, and the quartiles over rounds of
+that ratio taken round by round (each round's runtimes run seconds apart, so a slow spell of a shared
+host hits both sides of a round's ratio): how far a ratio near its goal can be trusted.
 
     python benchmarks/sparse_latency.py --out bench_out                       # the full grid
     python benchmarks/sparse_latency.py --out bench_out --models mobilenet_v1 --bsr 4 --threads 1
@@ -188,7 +190,7 @@ def _input(entry) -> np.ndarray:
 
 
 def time_model(name: str, base: str, entry: dict, threads: int, args) -> list[dict]:
-    from android_bench import host_runtimes
+    from android_bench import host_runtimes, stats
 
     builds = entry["threads"][str(threads)]
     specs = {"onnxruntime": ("onnxruntime", entry["onnx"]), "tflite": ("tflite", entry["tflite"]),
@@ -201,6 +203,8 @@ def time_model(name: str, base: str, entry: dict, threads: int, args) -> list[di
         meta[key] = ("tvm-bsr", s["bsr"], s["sparsity"])
     samples = host_runtimes.time_in_processes(specs, _input(entry), threads=threads, rounds=args.rounds,
                                               number=args.number, warmup=args.warmup)
+    rounds = {key: stats.round_medians(ms, args.rounds) for key, ms in samples.items()}
+    best_rounds = np.minimum(rounds["onnxruntime"], rounds["tflite"])  # the best dense runtime of each round
     rows = []
     for key, ms in samples.items():
         runtime, bsr, p = meta[key]
@@ -208,6 +212,8 @@ def time_model(name: str, base: str, entry: dict, threads: int, args) -> list[di
         rows.append({"model": name, "architecture": base, "threads": threads, "runtime": runtime, "bsr": bsr, "sparsity": p,
                      "median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
                      "p5_ms": float(np.percentile(ms, 5)), "p95_ms": float(np.percentile(ms, 95))})
+        rows[-1]["x_best_dense_p25"], rows[-1]["x_best_dense_p75"] = stats.paired_ratio_quartiles(best_rounds,
+                                                                                                   rounds[key])
     best = min(r["median_ms"] for r in rows if r["runtime"] in ("onnxruntime", "tflite-xnnpack"))
     for r in rows:
         r["x_best_dense_runtime"] = best / r["median_ms"]
@@ -238,12 +244,13 @@ def time_all(args):
 
 def print_table(rows):
     print(f"\n{'model':28} {'thr':>3} {'runtime':15} {'bsr':>3} {'p':>4} {'median ms':>9} {'p5':>7} {'p95':>7} "
-          f"{'x best dense':>12} {'goal':>5}")
+          f"{'x best dense':>12} {'rounds p25-p75':>14} {'goal':>5}")
     for r in rows:
         goal = GOALS.get((r["architecture"], r["sparsity"])) if r["bsr"] == 4 else None
+        spread = f"{r['x_best_dense_p25']:.2f}-{r['x_best_dense_p75']:.2f}"
         print(f"{r['model']:28} {r['threads']:>3} {r['runtime']:15} {str(r['bsr']):>3} {r['sparsity']:>4} "
               f"{r['median_ms']:>9.3f} {r['p5_ms']:>7.3f} {r['p95_ms']:>7.3f} {r['x_best_dense_runtime']:>12.2f} "
-              f"{'' if goal is None else f'{goal:.1f}':>5}")
+              f"{spread:>14} {'' if goal is None else f'{goal:.1f}':>5}")
     by = {(r["model"], r["runtime"], r["threads"]): r["median_ms"] for r in rows if r["runtime"] != "tvm-bsr"}
     print("\nthread scaling (1 thread / 2 threads, same run):")
     for (model, runtime, threads), ms in by.items():

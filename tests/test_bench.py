@@ -46,6 +46,19 @@ def test_block_weighted_sparsity_counts_blocks():
     assert stats.block_weighted_sparsity([]) is None
 
 
+def test_round_ratio_quartiles_pair_each_rounds_medians():
+    """Per-round medians of rounds of equal runs; the ratio quartiles pair round r with round r, so a
+    spell that slows both sides of a round leaves its ratio alone."""
+    dense = [10.0, 11.0, 30.0, 10.0, 10.0, 10.0, 20.0, 20.0, 21.0]  # 3 rounds of 3; round 2 twice as slow
+    sparse = [5.0, 5.0, 6.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0]
+    assert stats.round_medians(dense, 3).tolist() == [11.0, 10.0, 20.0]
+    assert stats.round_medians(sparse, 3).tolist() == [5.0, 5.0, 10.0]
+    p25, p75 = stats.paired_ratio_quartiles(stats.round_medians(dense, 3), stats.round_medians(sparse, 3))
+    assert (p25, p75) == (pytest.approx(2.0), pytest.approx(2.1))  # ratios 2.2, 2.0, 2.0
+    with pytest.raises(ValueError, match="do not split into 2 rounds"):
+        stats.round_medians(dense, 2)
+
+
 # --- real RPC on loopback ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
