@@ -94,9 +94,21 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
         chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, workers=w) for v, g, w in ((3, 1, 3), (1, 0, 4))]
         chunked += [pointwise.PointwiseKnobs(v, g, "pixels", w > 0, lanes=lanes, workers=w, pack=True)
                     for v, g, w in ((3, 1, 0), (2, 4, 2), (1, 2, 3))]
+        # the tasks split the block rows (3 tasks over 2-9 block rows: uneven runs, a partial last row)
+        chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, workers=w, share="rows") for v, g, w in ((2, 1, 3), (3, 0, 2))]
+        chunked += [pointwise.PointwiseKnobs(2, 1, "pixels", True, lanes=lanes, workers=3, pack=True, share="rows")]
         for knobs in kernel.candidates(lanes, 2) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
             inputs = [x, residual] if epi.residual else [x]
             close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
+
+
+@pytest.mark.parametrize("rows, workers", [(96, 2), (40, 2), (9, 3), (4, 3), (2, 4)])
+def test_pointwise_row_ranges(rows, workers):
+    """Tasks splitting the block rows cover each row once, in order, and differ by at most one row."""
+    ranges = pointwise.row_ranges(rows, workers)
+    assert [first for first, _ in ranges] == list(np.cumsum([0] + [count for _, count in ranges])[:-1])
+    assert sum(count for _, count in ranges) == rows and len(ranges) == min(workers, rows)
+    assert max(c for _, c in ranges) - min(c for _, c in ranges) <= 1
 
 
 @pytest.mark.parametrize("pixels, lanes, workers", [(196, 8, 2), (49, 8, 2), (12544, 16, 4), (3, 8, 4), (225, 4, 3)])

@@ -23,7 +23,7 @@ from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
-VERSION = 8  # of the kernel generators and the timing method: older measurements are not reused
+VERSION = 9  # of the kernel generators and the timing method: older measurements are not reused
 
 
 def cache_key(spec: TargetSpec, op) -> str:
