@@ -124,7 +124,8 @@ def tiling(P: int, lanes: int, vectors: int, first: int = 0, count: int | None =
 
 
 def row_ranges(rows: int, workers: int) -> list[tuple[int, int]]:
-    """``(first, count)`` of each parallel task's block rows, as equal as whole rows allow."""
+    """``(first, count)`` of each of ``workers`` runs over ``rows`` items, as equal as whole items allow;
+    runs with no item are left out."""
     bounds = [rows * i // workers for i in range(workers + 1)]
     return [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
 
@@ -133,9 +134,7 @@ def worker_ranges(P: int, lanes: int, workers: int) -> list[tuple[int, int]]:
     """``(first, count)`` of each parallel task's pixel vectors: as equal as whole vectors allow (a
     parallel loop over tiles gives 5 tiles to one of two cores and 4 to the other, where 12 and 13
     vectors would be the even split). Tasks with no vector are left out."""
-    total = -(-P // plane_lanes(P, lanes))
-    bounds = [total * i // workers for i in range(workers + 1)]
-    return [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return row_ranges(-(-P // plane_lanes(P, lanes)), workers)
 
 
 def vector_pixel(vector, V: int, P: int):
@@ -505,20 +504,22 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
 
         outer = parallel_or_serial(knobs.parallel)
         with T.serial(0, N) as n:
-            if workers and knobs.share == "rows":  # one task per worker, each with its share of the block rows
-                ranges = row_ranges(rows, workers)
+            if workers:  # one task per worker: its share of the block rows, or of the vectors tiled on its own
+                if knobs.share == "rows":
+                    ranges = row_ranges(rows, workers)
+
+                    def task(first, count):
+                        pixel_groups(n, tiling(P, lanes, knobs.vectors), T.serial, first, count)
+                else:
+                    ranges = worker_ranges(P, lanes, workers)
+
+                    def task(first, count):
+                        pixel_groups(n, tiling(P, lanes, knobs.vectors, first, count), T.serial)
                 with T.parallel(0, len(ranges)) as w:
                     for i, (first, count) in enumerate(ranges):
                         with T.If(w == i):
                             with T.Then():
-                                pixel_groups(n, tiling(P, lanes, knobs.vectors), T.serial, first, count)
-            elif workers:  # one task per worker, each with its even share of the vectors, tiled on its own
-                ranges = worker_ranges(P, lanes, workers)
-                with T.parallel(0, len(ranges)) as w:
-                    for i, (first, count) in enumerate(ranges):
-                        with T.If(w == i):
-                            with T.Then():
-                                pixel_groups(n, tiling(P, lanes, knobs.vectors, first, count), T.serial)
+                                task(first, count)
             elif knobs.outer == "pixels":
                 pixel_groups(n, tiling(P, lanes, knobs.vectors), outer)
             else:
