@@ -82,10 +82,62 @@ def make_runner(kind: str, path, x_nchw: np.ndarray, threads: int):
     raise ValueError(f"unknown runtime kind {kind!r}: one of {RUNTIME_KINDS}")
 
 
+WARMUP_S = 0.05
+"""Seconds of untimed runs a turn starts with. Measured on a 2-vCPU cloud host (AMD EPYC Zen 5), each
+turn after a 0.6-s idle, MobileNetV2: our 2-thread p = 0.9 build took 1.41, 0.92, 0.87 ms on its first
+runs and reached its steady 0.68 ms only after some 15 runs (about 12 ms); TFLite's 2-thread runs,
+2.4 ms each, were steady after 3. A count of warm-up runs therefore shortchanges the faster model."""
+
+
+def warm_up(run, runs: int, seconds: float, clock=time.perf_counter) -> int:
+    """Call ``run`` at least ``runs`` times and until ``seconds`` have passed; the number of calls.
+
+    Timing turns follow an idle wait (:func:`wait_until_idle`), and cores back from idle run slow for
+    milliseconds whatever runs on them: warming up by time gives a 0.7-ms model and a 2-ms one the
+    same chance to reach speed, where a count of runs does not (:data:`WARMUP_S`)."""
+    deadline = clock() + seconds
+    done = 0
+    while done < runs or clock() < deadline:
+        run()
+        done += 1
+    return done
+
+
+def pool_probe(threads: int):
+    """A callable giving the round trip (µs) of TVM's thread pool over ``threads`` tasks that do nothing:
+    handing work to the other cores and hearing back, so the time two cores take to see each other's
+    writes. On a cloud host that is where the hypervisor put the vCPUs: on a 2-vCPU AMD EPYC Zen 5 it
+    was 0.6 µs most of the time and 2.3 µs in some minutes (a C ping-pong between the two cores then
+    took 430 ns instead of 100: no shared L3), and there our 2-thread builds, which hand data between
+    the cores at every layer, ran 2.2x slower and TFLite about 1.25x."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def hand_over(a: T.Buffer((1024,), "float32")):
+        for task in T.parallel(threads):
+            a[task * 16] = a[task * 16] + T.float32(1)  # one cache line per task
+
+    lib = tvm.compile(tvm.IRModule({"main": hand_over}),
+                      target=tvm.target.Target({"kind": "llvm", "num-cores": threads}))
+    buffer = tvm.runtime.tensor(np.zeros(1024, np.float32))
+    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=200, repeat=1)
+    return lambda: float(timer(buffer).results[0]) * 1e6
+
+
 def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, rounds: int = 15, number: int = 5,
-                      warmup: int = 2, pause_s: float = 0.05, outputs: bool = False) -> dict:
+                      warmup: int = 2, warmup_s: float = WARMUP_S, pause_s: float = 0.05,
+                      outputs: bool = False, pool_us: dict | None = None) -> dict:
     """name -> per-run latencies (ms) for ``specs`` (name -> (kind, path)), each model in a worker process
     of its own, interleaved round by round.
+
+    Each turn starts with untimed runs, ``warmup`` of them and for at least ``warmup_s`` seconds: a turn
+    follows an idle wait, and cores back from idle run slow for milliseconds (:func:`warm_up`).
+
+    With ``pool_us`` (a dict, filled in place) and several threads, every TVM process also times its
+    thread pool's round trip (:func:`pool_probe`) after its warm-up and after its timed runs, and
+    ``pool_us[name]`` gets the larger of the two for each round (None for the other runtimes): which
+    turns ran while the host kept the cores far apart.
 
     Runtimes in one process disturb each other: a thread pool that spins after its call (onnxruntime's,
     TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
@@ -118,19 +170,25 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
                 log.close()
                 workers[name] = proc
                 proc.stdin.write(json.dumps({"kind": kind, "models": {name: str(path)}, "input": x_path,
-                                             "threads": threads}) + "\n")
+                                             "threads": threads, "probe": pool_us is not None}) + "\n")
             for name, proc in workers.items():
                 _reply(proc, name)  # loaded
             pids = [proc.pid for proc in workers.values()]
             wait_until_idle(*pids)  # loading ran each model once
             samples = {name: [] for name in specs}
+            probes = {name: [] for name in specs}
             order = list(workers)
             for r in range(rounds):
                 for name in order[r % len(order):] + order[:r % len(order)]:
-                    workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup}) + "\n")
-                    samples[name].extend(_reply(workers[name], name)[name])
+                    workers[name].stdin.write(json.dumps({"number": number, "warmup": warmup,
+                                                                "warmup_s": warmup_s}) + "\n")
+                    reply = _reply(workers[name], name)
+                    samples[name].extend(reply["times"][name])
+                    probes[name].append(reply.get("pool_us"))
                     time.sleep(pause_s)
                     wait_until_idle(*pids)  # all: a pool may wake later
+            if pool_us is not None and threads > 1:
+                pool_us.update(probes)
             got = {}
             if outputs:
                 for index, (name, proc) in enumerate(workers.items()):
@@ -205,6 +263,10 @@ def _worker() -> None:
         runners, results = {}, {}
         for name, path in setup["models"].items():
             runners[name], results[name] = make_runner(setup["kind"], path, x, setup["threads"])
+        # TVM processes only: elsewhere the runtime's own pool (XNNPACK's, onnxruntime's) still spins
+        # after its runs and shares the cores with TVM's (2.4 µs beside TFLite, 0.65 beside TVM, at once)
+        probe = pool_probe(setup["threads"]) if setup.get("probe") and setup["threads"] > 1 and \
+            setup["kind"] == "tvm" else None
         out.write(json.dumps({"loaded": list(runners)}) + "\n")
     except Exception as error:  # reported to the parent, which raises it
         out.write(json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n")
@@ -216,16 +278,17 @@ def _worker() -> None:
             np.savez(command["outputs"], **results)
             out.write("{}\n")
         else:
-            times = {}
+            times, round_trips = {}, []
             for name, run in runners.items():
-                for _ in range(command["warmup"]):
-                    run()
+                warm_up(run, command["warmup"], command.get("warmup_s", 0.0))
+                round_trips += [probe()] if probe else []
                 times[name] = []
                 for _ in range(command["number"]):
                     start = time.perf_counter()
                     run()
                     times[name].append((time.perf_counter() - start) * 1e3)
-            out.write(json.dumps(times) + "\n")
+                round_trips += [probe()] if probe else []
+            out.write(json.dumps({"times": times, "pool_us": max(round_trips, default=None)}) + "\n")
         out.flush()
 
 

@@ -45,6 +45,28 @@ def paired_ratio_quartiles(baseline_rounds, other_rounds) -> tuple[float, float]
     return float(p25), float(p75)
 
 
+def far_rounds(round_trips: dict, factor: float = 2.0) -> np.ndarray | None:
+    """Per round, whether any process's thread-pool round trip (µs; None where a process did not probe)
+    was at least ``factor`` times the fastest of the whole run: the rounds the host ran with the cores
+    far apart (:func:`android_bench.host_runtimes.pool_probe`). None when nothing was probed. Relative
+    to the run's own fastest, as the near figure differs between machines (0.6 µs on a Zen 5)."""
+    rows = [[np.nan if v is None else v for v in values] for values in round_trips.values()
+            if any(v is not None for v in values)]
+    if not rows:
+        return None
+    trips = np.asarray(rows, dtype=np.float64)  # processes × rounds
+    return np.nanmax(trips, axis=0) >= factor * np.nanmin(trips)
+
+
+def median_of_rounds(samples_ms, rounds: int, keep) -> float | None:
+    """Median of the runs of the rounds where ``keep`` is true (None when no round is kept)."""
+    x = np.asarray(samples_ms, dtype=np.float64)
+    if rounds < 1 or x.size == 0 or x.size % rounds:
+        raise ValueError(f"{x.size} samples do not split into {rounds} rounds")
+    kept = x.reshape(rounds, -1)[np.asarray(keep, dtype=bool)]
+    return float(np.median(kept)) if kept.size else None
+
+
 def block_weighted_sparsity(layers: list[dict]) -> float | None:
     """Share of zero blocks over all BSR-rewritten layers of an ``onexn-tvm`` sidecar (None: none)."""
     total = zero = 0.0

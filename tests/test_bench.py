@@ -318,3 +318,40 @@ def test_tuning_measures_through_a_tracker(tracker, tmp_path, rng):
     assert sidecar["tuning"]["kernel_knobs_measured_on"] == "rpc" and sidecar["layers"][0]["kernel_ms"] > 0
     ms = sidecar["tuning"]["metaschedule"]
     assert ms["tasks"] >= 1 and ms["new_trials"] >= 1 and sidecar["verification"]["passed"]
+
+
+def test_far_rounds_flag_rounds_any_tvm_process_saw_the_cores_far_apart():
+    from android_bench import stats
+
+    trips = {"onnxruntime": [None, None, None, None], "tflite": [None] * 4,
+             "tvm_dense": [0.62, 0.64, 2.31, 0.70], "tvm_bsr4_p0.9": [0.61, 1.30, 2.25, 0.66]}
+    far = stats.far_rounds(trips)
+    assert far.tolist() == [False, True, True, False]  # 1.30 >= 2 x 0.61; 0.70 is not
+    assert stats.far_rounds({"onnxruntime": [None, None]}) is None  # nothing probed (1 thread)
+    # the near rounds' median leaves out the far ones: rounds of 2 runs, the far round 10x slower
+    samples = [1.0, 1.2, 10.0, 12.0, 1.1, 1.3]
+    assert stats.median_of_rounds(samples, 3, [True, False, True]) == 1.15
+    assert stats.median_of_rounds(samples, 3, [False, False, False]) is None
+    with pytest.raises(ValueError, match="do not split into 4 rounds"):
+        stats.median_of_rounds(samples, 4, [True] * 4)
+
+
+def test_timing_processes_probe_the_tvm_pool_after_each_turn(built):
+    """Each runtime in its own process, two rounds: TVM's process reports its thread pool's round trip
+    for every round (a positive time), the other runtimes none; runs per round as asked."""
+    from android_bench import host_runtimes
+
+    with np.load(built / "reference.npz") as reference:
+        x = reference["input"]
+    trips: dict = {}
+    samples = host_runtimes.time_in_processes({"onnxruntime": ("onnxruntime", built / "g.onnx"),
+                                               "tvm": ("tvm", built / "sparse.so")}, x, threads=2, rounds=2,
+                                              number=3, warmup=1, warmup_s=0.01, pool_us=trips)
+    assert {k: len(v) for k, v in samples.items()} == {"onnxruntime": 6, "tvm": 6}
+    assert all(ms > 0 for v in samples.values() for ms in v)
+    assert trips["onnxruntime"] == [None, None]
+    assert len(trips["tvm"]) == 2 and all(0 < us < 1e4 for us in trips["tvm"]), trips
+    one_thread: dict = {}
+    host_runtimes.time_in_processes({"tvm": ("tvm", built / "sparse.so")}, x, threads=1, rounds=1, number=1,
+                                    warmup=0, warmup_s=0.0, pool_us=one_thread)
+    assert one_thread == {}  # one thread: nothing is handed over, nothing probed

@@ -61,3 +61,29 @@ def test_processes_busy_together_are_not_idle_though_each_looks_idle(monkeypatch
     assert waited >= 0.6, waited  # never idle: the timeout ends the wait
     shares.update({pid: 0.0 for pid in shares})  # all asleep
     assert host_runtimes.wait_until_idle(*shares, window_s=0.05, timeout_s=0.6) < 0.2
+
+
+class _Clock:
+    """A clock that only moves when a run takes time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_warm_up_runs_for_the_count_and_the_time_whichever_is_longer():
+    clock = _Clock()
+
+    def run(seconds):
+        def one():
+            clock.now += seconds
+        return one
+
+    # a 0.7-ms model needs 72 runs to fill 50 ms (not 5); a 20-ms model still does its 5 runs
+    assert host_runtimes.warm_up(run(0.0007), 5, 0.05, clock=clock) == 72
+    clock.now = 0.0
+    assert host_runtimes.warm_up(run(0.02), 5, 0.05, clock=clock) == 5
+    clock.now = 0.0
+    assert host_runtimes.warm_up(run(0.0007), 0, 0.0, clock=clock) == 0  # nothing asked, nothing run
