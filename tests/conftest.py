@@ -149,3 +149,12 @@ def gratings_folder(tmp_path_factory, *, train: int, val: int, name: str = "data
     root = tmp_path_factory.mktemp(name)
     write_dataset(root, classes=4, size=40, train=train, val=val)
     return root
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT: a non-interactive shell starts ``cmd &`` with
+    SIGINT ignored (`make test &`, CI runners), the child inherits that, and Python then never raises
+    KeyboardInterrupt in it; back to the default, the child gets its Ctrl-C as in a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

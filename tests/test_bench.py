@@ -22,6 +22,7 @@ from android_bench import cli, local, results, stats  # noqa: E402
 from android_bench.connection import DeviceUnavailable, Rpc, open_session, wait_for_key  # noqa: E402
 from android_bench.modules import write_reference  # noqa: E402
 from export.tvm import compiler  # noqa: E402
+from conftest import sigint_default  # noqa: E402
 from test_tvm import conv_graph, run_ort, save  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -96,7 +97,7 @@ def start_server(tracker_port, key):
 def bench_cli(*args, timeout=300):
     return subprocess.Popen([sys.executable, "-m", "android_bench.cli", *map(str, args)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=sigint_default)
 
 
 def test_interleaved_benchmark_through_a_tracker(built, tracker, tmp_path, capsys):

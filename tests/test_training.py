@@ -18,7 +18,7 @@ from onexn_tf._keras import keras, tf
 from training import data, recipe, transforms
 from training.metrics import topk_hits
 from training.synthetic import write_dataset
-from conftest import assert_exact_1xn, gratings_folder
+from conftest import assert_exact_1xn, gratings_folder, sigint_default
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -105,7 +105,7 @@ def test_ctrl_c_says_the_job_can_be_resumed_and_keeps_it_resumable(tmp_path, fol
     job = tmp_path / "job"
     args = [*SMALL, "--data-dir", str(folder), "--epochs", "50", "--train-batch-size", "16", "--job-dir", str(job)]
     proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=ENV, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=sigint_default)
     wait_for_first_epoch(proc, job)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
