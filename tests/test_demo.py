@@ -144,17 +144,19 @@ def test_demo_refuses_a_directory_that_holds_something_else(tmp_path):
 
 def test_demo_with_a_latency_budget_trains_the_planned_rates(tmp_path):
     """``--budget-speedup``: the dense model's latency table measured here, per-layer rates chosen for
-    the budget, and the pruned job trained at exactly those rates (each layer exactly 1×4 at its own)."""
+    the budget, and the pruned job trained at exactly those rates (each layer exactly 1×4 at its own).
+    The budget leaves room on any machine: this model's layers take 1–3 µs each on a Zen 5, where its
+    table's dense prediction varied 0.029–0.049 ms between runs and 1.3× once did not fit at all."""
     out = tmp_path / "out"
     proc = run_demo("--arch", "mobilenet_v1", "--alpha", "0.25", "--image-size", "32", "--train-samples", "64",
-                    "--val-samples", "32", "--dense-epochs", "1", "--prune-epochs", "1", "--budget-speedup", "1.3",
+                    "--val-samples", "32", "--dense-epochs", "1", "--prune-epochs", "1", "--budget-speedup", "1.1",
                     "--stop-after", "train", "--out", str(out), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[2b/8] onexn-plan" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     plan = report["plan"]
-    assert plan["speedup"] == 1.3 and plan["predicted_ms"] <= plan["budget_ms"] * (1 + 1e-9)
-    assert plan["budget_ms"] == pytest.approx(plan["dense_predicted_ms"] / 1.3)
+    assert plan["speedup"] == 1.1 and plan["predicted_ms"] <= plan["budget_ms"] * (1 + 1e-9)
+    assert plan["budget_ms"] == pytest.approx(plan["dense_predicted_ms"] / 1.1)
     assert set(plan["rates"]) == {f"conv_pw_{i}" for i in range(1, 14)} and any(plan["rates"].values())
     results = json.loads((out / "pruned" / "results.json").read_text())
     assert results["layer_rates"] == plan["rates"]
