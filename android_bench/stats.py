@@ -27,13 +27,18 @@ def ratio(baseline: dict, other: dict, field: str = "median") -> float | None:
     return baseline[field] / other[field]
 
 
-def round_medians(samples_ms, rounds: int) -> np.ndarray:
-    """Median of each round's runs: ``samples_ms`` holds ``rounds`` runs of equal length, in order (as
+def _by_round(samples_ms, rounds: int) -> np.ndarray:
+    """``samples_ms`` as a rounds × runs array: ``rounds`` runs of equal length, in order (as
     :func:`android_bench.host_runtimes.time_in_processes` returns them)."""
     x = np.asarray(samples_ms, dtype=np.float64)
     if rounds < 1 or x.size == 0 or x.size % rounds:
         raise ValueError(f"{x.size} samples do not split into {rounds} rounds")
-    return np.median(x.reshape(rounds, -1), axis=1)
+    return x.reshape(rounds, -1)
+
+
+def round_medians(samples_ms, rounds: int) -> np.ndarray:
+    """Median of each round's runs (:func:`_by_round`)."""
+    return np.median(_by_round(samples_ms, rounds), axis=1)
 
 
 def paired_ratio_quartiles(baseline_rounds, other_rounds) -> tuple[float, float]:
@@ -60,10 +65,7 @@ def far_rounds(round_trips: dict, factor: float = 2.0) -> np.ndarray | None:
 
 def median_of_rounds(samples_ms, rounds: int, keep) -> float | None:
     """Median of the runs of the rounds where ``keep`` is true (None when no round is kept)."""
-    x = np.asarray(samples_ms, dtype=np.float64)
-    if rounds < 1 or x.size == 0 or x.size % rounds:
-        raise ValueError(f"{x.size} samples do not split into {rounds} rounds")
-    kept = x.reshape(rounds, -1)[np.asarray(keep, dtype=bool)]
+    kept = _by_round(samples_ms, rounds)[np.asarray(keep, dtype=bool)]
     return float(np.median(kept)) if kept.size else None
 
 

@@ -322,8 +322,6 @@ def test_tuning_measures_through_a_tracker(tracker, tmp_path, rng):
 
 
 def test_far_rounds_flag_rounds_any_tvm_process_saw_the_cores_far_apart():
-    from android_bench import stats
-
     trips = {"onnxruntime": [None, None, None, None], "tflite": [None] * 4,
              "tvm_dense": [0.62, 0.64, 2.31, 0.70], "tvm_bsr4_p0.9": [0.61, 1.30, 2.25, 0.66]}
     far = stats.far_rounds(trips)
