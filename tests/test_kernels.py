@@ -97,7 +97,17 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
         # the tasks split the block rows (3 tasks over 2-9 block rows: uneven runs, a partial last row)
         chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, workers=w, share="rows") for v, g, w in ((2, 1, 3), (3, 0, 2))]
         chunked += [pointwise.PointwiseKnobs(2, 1, "pixels", True, lanes=lanes, workers=3, pack=True, share="rows")]
-        for knobs in kernel.candidates(lanes, 2) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
+        if pixels == 49 and bsr == 4:  # 1 pixel past the whole vectors: also computed apart, as a tail
+            tails = [k for k in kernel.candidates(lanes, 2) if k.tail]
+            assert {k.outer for k in tails} == {"rows", "pixels"}
+            assert any(k.pack for k in tails) == any(k.pack for k in kernel.candidates(lanes, 2))
+            assert any(k.workers and k.share == "pixels" for k in tails) and any(k.share == "rows" for k in tails)
+            assert any(k.tail for k in kernel.candidates(lanes, 1))
+        # every candidate, those with a tail once per loop structure (they differ from their twins only there)
+        structures = {}
+        for k in kernel.candidates(lanes, 2):
+            structures.setdefault((k.tail, k.outer, k.share, k.pack, k.workers, k.parallel) if k.tail else k, k)
+        for knobs in list(structures.values()) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
             inputs = [x, residual] if epi.residual else [x]
             close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
 

@@ -1,12 +1,13 @@
 """The measured knob search for our kernels: each distinct kernel (kind, shape, epilogue, target) is
 generated once per candidate of its kind's small search space, all candidates are compiled into one
 library, and each is timed with the layer's real constants (weights, block structure) on a random
-input, here or on an RPC device, with the caches flushed of everything but the input before each
-run: inside a whole model a layer's input was just written by the layer before, while its weights
-and output buffer were last touched an inference ago. A fused op's candidates are timed in the same
-rounds as its two parts (with the parts' searched knobs), which it must beat to be used. The fastest candidate's knobs are cached in the work directory, so a
-rerun, or another model with the same layers, measures nothing again; a stopped search resumes with
-the kernels it had not reached.
+input, here or on an RPC device, after ``FLUSH_BYTES`` of copying before each run has pushed
+everything out of the timing core's private caches: inside a whole model a layer's weights and
+output buffer were last touched an inference ago, which leaves them in the shared last-level cache.
+A fused op's candidates are timed in the same rounds as its two parts (with the parts' searched
+knobs), which it must beat to be used. The fastest candidate's knobs are cached in the work
+directory, so a rerun, or another model with the same layers, measures nothing again; a stopped
+search resumes with the kernels it had not reached.
 """
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
-VERSION = 9  # of the kernel generators and the timing method: older measurements are not reused
+VERSION = 10  # of the kernel generators and the timing method: older measurements are not reused
+# Bytes TVM's time_evaluator copies before each timed run: more than the L2 of any core we target (Zen 3:
+# 512 KiB; Zen 4, Zen 5 and phones' big cores: ≤ 1 MiB). Measured on a Zen 5 with V2 at p = 0.9, in
+# the model, paired A/B: evicting the layer's own buffers to memory instead (clflush of every argument
+# but the input, which overstates what weights cost) chose knobs 0-3 % slower at 1 thread and 4-5 %
+# slower at 2; keeping the input warm on top of this copy (it was just written, in a model) chose
+# knobs 1-2 % slower at 1 thread.
+FLUSH_BYTES = 4 << 20
 
 
 def cache_key(spec: TargetSpec, op) -> str:
@@ -70,8 +78,8 @@ class _Timer:
         import tvm
 
         tensors = [[tvm.runtime.tensor(a, device=self.device) for a in arrays] for arrays in arguments]
-        timers = [lib.time_evaluator(name, self.device, number=1, repeat=self.repeat,
-                                     f_preproc="cache_flush_cpu_non_first_arg") for name in names]
+        timers = [lib.time_evaluator(name, self.device, number=1, repeat=self.repeat, cache_flush_bytes=FLUSH_BYTES)
+                  for name in names]
         samples = [[] for _ in names]
         for _ in range(rounds):
             for timer, args, out in zip(timers, tensors, samples):
