@@ -344,7 +344,7 @@ def _generate_channels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwi
                     for q in range(PT):
                         at = (i * PT + q) * V
                         vstore(acc, at, vload(acc, at, V) + w * xs[q], V)
-            plain = Epilogue(False, epilogue.lower, epilogue.upper, epilogue.hswish, epilogue.hsigmoid)
+            plain = epilogue.activation()
             for i in range(ocv):
                 for q in range(PT):
                     at = (i * PT + q) * V
@@ -398,6 +398,16 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
 
     x_start = x_start or pixel
 
+    def row_guarded(rb, r, emit):
+        """``emit()`` for row ``r`` of block row ``rb``, behind a check where rows past C_out may exist
+        (only in a partial last block row)."""
+        if partial and r >= CO % R:
+            with T.If(rb * R + r < CO):
+                with T.Then():
+                    emit()
+        else:
+            emit()
+
     def micro(n, rb, first, mm, chunk=0, with_tail=False):
         """``mm`` vectors from vector ``first`` for block row ``rb``; ``chunk``: which input-channel chunk;
         ``with_tail``: the tail pixels too (one bsr-lane vector each, in the first pass over the blocks)."""
@@ -426,8 +436,9 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
             if extra:
                 t0, tn, t_offset = tail
                 tacc = T.alloc_buffer((tn * R,), "float32", scope="local")
+                tinit = vload(B, rb * R, R) if epilogue.bias else bcast(f32(0), R)
                 for q in range(tn):
-                    vstore(tacc, q * R, vload(B, rb * R, R) if epilogue.bias else bcast(f32(0), R), R)
+                    vstore(tacc, q * R, tinit, R)
             with T.serial(start, stop) as k:
                 base = x_base(n) + O[k]
                 xs = [vload(Xf, base + x_starts[j], V) for j in range(mm)]
@@ -441,19 +452,14 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
                     for q in range(tn):
                         vstore(tacc, q * R, vload(tacc, q * R, R) + w4 * bcast(Xf[base + t_offset(q)], R), R)
             if extra:
-                plain = Epilogue(False, epilogue.lower, epilogue.upper, epilogue.hswish, epilogue.hsigmoid)
+                plain = epilogue.activation()
                 for r in range(R):
                     def store_tail(r=r):
                         for q in range(tn):
                             at = out_at(n, rb * R + r, t0 + q)
                             value = plain.apply(tacc[q * R + r], 1, Rf[at] if Rf is not None else None)
                             T.buffer_store(Yf, value, [at])
-                    if partial and r >= CO % R:
-                        with T.If(rb * R + r < CO):
-                            with T.Then():
-                                store_tail()
-                    else:
-                        store_tail()
+                    row_guarded(rb, r, store_tail)
             for i, r in enumerate(rr):
                 def store(i=i, r=r):
                     for j in range(mm):
@@ -463,12 +469,7 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
                             residual = vload(Rf, at, V) if Rf is not None else None
                             value = epilogue.apply(value, V, residual)
                         vstore(Yf, at, value, V)
-                if partial and r >= CO % R:  # rows past C_out exist only in the last block row
-                    with T.If(rb * R + r < CO):
-                        with T.Then():
-                            store()
-                else:
-                    store()
+                row_guarded(rb, r, store)
 
     def sized(n, rb, t, chunk, with_tail):
         """Tile ``t``: ``base + 1`` vectors for the first ``extra`` tiles, ``base`` after."""
@@ -514,10 +515,10 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
     if knobs.tail and (nch > 1 or not tail_ok(shape, lanes)):
         raise ValueError(f"no pointwise kernel with a tail for {shape} with {knobs}")
     V = plane_lanes(P, lanes)
-    full = P // V if knobs.tail else None  # with a tail, the tiles cover the whole vectors only
+    covered = P // V if knobs.tail else -(-P // V)  # vectors the tiles cover (with a tail, whole ones only)
 
     def tiled(first=0, count=None):
-        return tiling(P, lanes, knobs.vectors, first, full if count is None else count)
+        return tiling(P, lanes, knobs.vectors, first, covered if count is None else count)
     with prim_func(name) as fn:
         X = buffer_arg("x", shape.inputs(epilogue)[0])
         Res = buffer_arg("residual", shape.output()) if epilogue.residual else None
@@ -534,8 +535,8 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
                                 out_at=lambda n, row, pixel: n * (CO * P) + row * P + pixel, x_start=x_start,
                                 tail=tail)
 
-        rem = P - full * V if knobs.tail else 0
-        tail = (full * V, rem, lambda q: full * V + q) if rem else None  # its inputs in the plane
+        # the pixels past the covered vectors, their inputs in the plane
+        tail = (covered * V, P - covered * V, lambda q: covered * V + q) if knobs.tail else None
 
         def packed_emitter(n, tl, g, G, tail=None):
             """Copies group ``g``'s input vectors of every channel into one contiguous row a channel
@@ -582,7 +583,7 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
                     def task(i, first, count):
                         pixel_groups(n, tiled(), T.serial, first, count, tail=tail)
                 else:
-                    ranges = row_ranges(full, workers) if knobs.tail else worker_ranges(P, lanes, workers)
+                    ranges = row_ranges(covered, workers)  # (without a tail: worker_ranges)
 
                     def task(i, first, count):  # (the last task's last tile also takes the tail pixels)
                         pixel_groups(n, tiled(first, count), T.serial, tail=tail if i == len(ranges) - 1 else None)

@@ -74,6 +74,11 @@ class Epilogue:
             value = value + residual
         return value
 
+    def activation(self) -> "Epilogue":
+        """The clamp or gate alone: for stores whose accumulator already started from the bias and
+        whose residual is passed to :meth:`apply` directly."""
+        return dataclasses.replace(self, bias=False, residual=False)
+
     def describe(self) -> str:
         parts = ["bias"] if self.bias else []
         if self.lower is not None or self.upper is not None:
