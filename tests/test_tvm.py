@@ -411,23 +411,61 @@ def test_fusing_is_decided_against_the_parts_timed_in_the_same_rounds(parts_ms, 
         def load(self, funcs):
             return sorted(funcs)
 
-        def time(self, lib, names, arguments, rounds):
-            assert sorted(names) == lib and len(arguments) == len(names)
+        def time(self, lib, names, arguments, rounds, repeat=None):
+            assert set(names) <= set(lib) and len(arguments) == len(names)
             self.calls.append(names)
             return [2.0 if name.startswith("onexn_candidate") else parts_ms for name in names]
 
-    class Bar:
-        def update(self, n):
-            pass
-
     key = knob_search.cache_key(HOST, op)
-    knob_search._measure({key: op}, Timer(), cache, tmp_path / "knobs.json", lanes, 1, 1, Bar())
-    [names] = Timer.calls
-    assert sum(name.startswith("onexn_part_") for name in names) == 2
+    knob_search._measure({key: op}, Timer(), cache, tmp_path / "knobs.json", lanes, 1, 1, _Bar())
+    first, final = Timer.calls  # the finalists are timed again with the parts
+    for names in (first, final):
+        assert sum(name.startswith("onexn_part_") for name in names) == 2
     entry = cache[key]
     assert entry["knobs"]["split"] is not fused
     assert entry["ms"] == (2.0 if fused else 2 * parts_ms)
     assert json.loads((tmp_path / "knobs.json").read_text())[key] == entry
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+
+def test_the_finalists_timed_again_decide(tmp_path):
+    """The candidates within FINALIST_SPREAD of the fastest (at most FINALISTS) are timed again, one
+    run a round, and those times decide: a slow spell during the first timing does not choose."""
+    from export.tvm.kernels import Epilogue, Kernel, spatial
+
+    shape = spatial.SpatialShape(1, 3, 16, 16, 8, 3, 2, (0, 0, 1, 1), False)
+    kernel = Kernel("conv", shape, Epilogue(True, 0.0, 6.0))
+    op = type("Op", (), {"kernel": kernel, "parts": None,
+                         "constants": [np.ones(s, np.float32) for s in kernel.constants()]})()
+    candidates = op.kernel.candidates(HOST.vector_lanes(), 1)
+    assert len(candidates) > knob_search.FINALISTS + 1
+    first = [1.0, 1.1, 1.2] + [10.0] * (len(candidates) - 3)  # candidate 2 within the spread, the rest not
+    final = {0: 1.3, 1: 0.9, 2: 1.0}
+
+    class Timer:
+        spec, calls = HOST, []
+
+        def load(self, funcs):
+            return list(funcs)
+
+        def time(self, lib, names, arguments, rounds, repeat=None):
+            index = [int(name.rsplit("_", 1)[1]) for name in names]
+            self.calls.append((index, rounds, repeat))
+            return [first[i] for i in index] if len(self.calls) == 1 else [final[i] for i in index]
+
+    cache, key = {}, "k"
+    knob_search._measure({key: op}, Timer(), cache, tmp_path / "knobs.json", HOST.vector_lanes(), 1, 3, _Bar())
+    (everyone, rounds, _), (again, final_rounds, repeat) = Timer.calls
+    assert everyone == list(range(len(candidates))) and rounds == 3
+    assert again == [0, 1, 2] and final_rounds == knob_search.FINAL_ROUNDS and repeat == 1
+    assert cache[key]["knobs"] == dataclasses.asdict(candidates[1]) and cache[key]["ms"] == 0.9
+    assert [ms for _, ms in cache[key]["candidates"]][:4] == [1.3, 0.9, 1.0, 10.0]
+    assert knob_search.finalists([5.0]) == [0]
+    assert knob_search.finalists([3.0, 1.0, 2.0, 1.1, 1.2, 1.24]) == [1, 3, 4, 5]
 
 
 def _elf_machine(blob: bytes) -> int:
