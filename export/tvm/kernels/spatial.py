@@ -6,7 +6,9 @@ load (stride 1) or two loads and a shuffle keeping every other lane (stride 2; n
 past the row). Every border is resolved when the kernel is generated: the interior columns and rows
 take every tap unconditionally; a depthwise row's border columns are vector tiles too, each tap's
 input window clamped into the row and its padding lanes zeroed by one shuffle (scalar border pixels
-cost 1.3-1.7× on 14×14 and 7×7 maps); the stem's one border pixel a row is scalar code with exactly
+cost 1.3-1.7× on 14×14 and 7×7 maps), and so are the stem's with ``tap_loop`` (V2's 224² stem, one
+core of a Zen 5: 101 vs 112 µs, the best knobs of each: a scalar border pixel a row was 27 taps ×
+``out_block`` scalar FMAs); without it the stem's one border pixel a row is scalar code with exactly
 its valid taps; the last vector tile of a row overlaps its neighbour instead of needing a tail.
 Several output rows (``rows``) and tiles (``vectors``) are computed together so the input rows they
 share are loaded once and enough independent FMA chains are in flight.
@@ -166,9 +168,9 @@ class Emitter:
         self.NI = self.RE - self.L
         self.V = row_lanes(self.NI, lanes)
         self.m = max(0, min(knobs.vectors, self.NI // self.V))
-        # depthwise: border columns as vector tiles too (the stem's 27 taps × out_block weights, live
-        # across one more tile, spill: it keeps its one scalar border pixel a row)
-        self.whole_rows = shape.depthwise and self.OW >= self.V and W >= S * self.V
+        # border columns as vector tiles too: depthwise, and the stem with its weights loaded in the tap
+        # loop (hoisted, its 27 taps × out_block weights, live across one more tile, spill)
+        self.whole_rows = (shape.depthwise or knobs.tap_loop) and self.OW >= self.V and W >= S * self.V
         self.taps = K * K * (1 if shape.depthwise else shape.c_in)
         self.order = lane_order(self.V, S)
         self.co0, self.outs, self.cins = 0, 1, [0]
