@@ -175,6 +175,7 @@ def conv_ref(x, w, bias, shape: spatial.SpatialShape, epi: Epilogue):
     ((15, 15), 3, 2, (0, 0, 1, 1)), ((16, 16), 3, 2, (0, 0, 1, 1)), ((14, 14), 5, 2, (1, 1, 2, 2)),
     ((28, 20), 5, 1, (2, 2, 2, 2)), ((112, 112), 3, 1, (1, 1, 1, 1)), ((9, 40), 3, 2, (1, 1, 1, 1)),
     ((5, 3), 3, 1, (0, 0, 0, 0)), ((14, 14), 3, 1, (1, 1, 1, 1)), ((7, 7), 5, 1, (2, 2, 2, 2)),
+    ((9, 72), 5, 2, (1, 1, 2, 2)),  # 5×5 stride 2 with interior tiles of 8 and 16 lanes
 ])
 def test_depthwise(rng, size, kernel, stride, pads):
     channels = 3 if size == (112, 112) else 5
