@@ -121,6 +121,28 @@ def test_pointwise_row_ranges(rows, workers):
     assert max(c for _, c in ranges) - min(c for _, c in ranges) <= 1
 
 
+@pytest.mark.parametrize("per_row, tasks", [
+    ([30, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2),  # one heavy row first: the first task takes it alone
+    ([0, 0, 5, 5, 0, 5, 5, 0], 2), ([3] * 9, 3), ([0, 0, 0], 2), ([7, 2], 4),
+])
+def test_pointwise_rows_balanced_by_blocks(per_row, tasks):
+    """Tasks splitting the block rows get as equal a number of stored blocks as whole rows allow,
+    from bounds appended to ``indptr``: every row once, in order."""
+    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
+    bounds = pointwise.balanced_rows(indptr, tasks)
+    assert len(bounds) == tasks + 1 and bounds[0] == 0 and bounds[-1] == len(per_row)
+    assert np.all(np.diff(bounds) >= 0)
+    blocks = np.diff(indptr[bounds])
+    assert blocks.max() - blocks.min() <= max(per_row, default=0)
+    if per_row == [30] + [1] * 10:
+        assert list(bounds) == [0, 1, 11]  # equal runs of rows would give 35 and 5 blocks
+    knobs = pointwise.PointwiseKnobs(2, 1, "pixels", True, workers=tasks, share="rows")
+    shape = pointwise.PointwiseShape(1, 8, 7, 7, 4 * len(per_row), 4, int(indptr[-1]))
+    consts = [np.zeros(4 * max(1, shape.nnz), np.float32), np.zeros(max(1, shape.nnz), np.int32), indptr,
+              np.zeros(4 * len(per_row), np.float32)]
+    np.testing.assert_array_equal(pointwise.constants_for(shape, knobs, consts)[2], np.concatenate([indptr, bounds]))
+
+
 @pytest.mark.parametrize("pixels, lanes, workers", [(196, 8, 2), (49, 8, 2), (12544, 16, 4), (3, 8, 4), (225, 4, 3)])
 def test_pointwise_worker_ranges(pixels, lanes, workers):
     """The parallel tasks cover every pixel vector once, in order, and differ by at most one vector."""

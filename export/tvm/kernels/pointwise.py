@@ -21,7 +21,10 @@ split as ``workers`` tasks of as equal a number of pixel vectors as possible, ea
 on maps of at most 64 pixels (7×7, 5×5) the tasks may instead take equal runs of block rows, each
 over the whole plane (``share="rows"``), so a core streams only its own weights and writes whole
 output planes (AVX2, 2 cores: 960 → 160 at 7×7, p = 0.9, 1.3× the best pixel split; V2 at p = 0.9
-end to end 0.97–0.98× the time; on 14×14 maps it lost as often as it won).
+end to end 0.97–0.98× the time; on 14×14 maps it lost as often as it won, and on a Zen 5 it ties).
+Those runs hold as equal a number of stored blocks as whole block rows allow, not of rows
+(:func:`balanced_rows`; the bounds ride at the end of ``indptr``): a pruned layer's rows keep
+different numbers of blocks (V2 at p = 0.9: one half of a layer's rows holds up to 18 % more).
 With ``pack``, a group's input slab is first copied into a scratch row per input channel (aligned
 vectors, channels ``group · tile`` floats apart, offsets rescaled to that stride): in NCHW a tile's
 pixels of consecutive stored channels lie H·W floats apart at no fixed stride, so every block's
@@ -264,6 +267,10 @@ def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list)
     first block of every chunk of input channels (``[block_rows · (chunks + 1)]``)."""
     if knobs.layout == "channels":
         return channel_constants(shape, knobs, constants)
+    if row_shares(knobs):
+        data, offsets, indptr, bias = constants
+        indptr = np.concatenate([indptr, balanced_rows(indptr, row_shares(knobs))]).astype(np.int32)
+        constants = [data, offsets, indptr, bias]
     if knobs.pack:
         data, offsets, indptr, bias = constants
         return [data, (offsets // shape.pixels * slab_stride(shape, knobs)).astype(np.int32), indptr, bias]
@@ -279,6 +286,22 @@ def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list)
         table[rb] = lo + np.searchsorted(channels[lo:hi], bounds, side="left") if shape.nnz else 0
         table[rb, -1] = hi
     return [data, offsets, table.reshape(-1), bias]
+
+
+def row_shares(knobs: PointwiseKnobs) -> int:
+    """How many tasks divide the block rows (``share="rows"``), else 0."""
+    parallel_rows = knobs.parallel and knobs.outer == "pixels" and knobs.share == "rows" and knobs.chunk == 0
+    return knobs.workers if parallel_rows and knobs.workers > 1 else 0
+
+
+def balanced_rows(indptr: np.ndarray, tasks: int) -> np.ndarray:
+    """``tasks + 1`` block-row bounds giving each task as equal a number of stored blocks as whole rows
+    allow (a task's time is its blocks'; at p = 0.5 equal runs of rows differ in blocks by several %)."""
+    nnz = int(indptr[-1])
+    targets = [nnz * i / tasks for i in range(tasks + 1)]
+    bounds = [int(np.argmin(np.abs(indptr - t))) for t in targets]
+    bounds[0], bounds[-1] = 0, len(indptr) - 1
+    return np.maximum.accumulate(np.array(bounds, np.int32))
 
 
 def channel_constants(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list) -> list:
@@ -524,7 +547,9 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         Res = buffer_arg("residual", shape.output()) if epilogue.residual else None
         D = buffer_arg("data", (max(shape.nnz, 1) * R,))
         O = buffer_arg("offsets", (max(shape.nnz, 1),), "int32")
-        IP = buffer_arg("indptr", (rows * (nch + 1),) if nch > 1 else (rows + 1,), "int32")
+        shares = row_shares(knobs)  # with these, indptr ends with the tasks' block-row bounds (balanced_rows)
+        IP = buffer_arg("indptr", (rows * (nch + 1),) if nch > 1 else (rows + 1 + (shares + 1 if shares else 0),),
+                        "int32")
         B = buffer_arg("bias", (rows * R,))
         Y = buffer_arg("y", shape.output())
         Xf, Yf = flat(X, N * CI * P), flat(Y, N * CO * P)
@@ -577,21 +602,18 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         outer = parallel_or_serial(knobs.parallel)
         with T.serial(0, N) as n:
             if workers:  # one task per worker: its share of the block rows, or of the vectors tiled on its own
-                if knobs.share == "rows":
-                    ranges = row_ranges(rows, workers)
-
-                    def task(i, first, count):
-                        pixel_groups(n, tiled(), T.serial, first, count, tail=tail)
+                if shares:  # bounds from the constants: as many stored blocks each, not as many rows
+                    with T.parallel(0, shares) as w:
+                        first = IP[rows + 1 + w]
+                        pixel_groups(n, tiled(), T.serial, first, IP[rows + 2 + w] - first, tail=tail)
                 else:
                     ranges = row_ranges(covered, workers)  # (without a tail: worker_ranges)
-
-                    def task(i, first, count):  # (the last task's last tile also takes the tail pixels)
-                        pixel_groups(n, tiled(first, count), T.serial, tail=tail if i == len(ranges) - 1 else None)
-                with T.parallel(0, len(ranges)) as w:
-                    for i, (first, count) in enumerate(ranges):
-                        with T.If(w == i):
-                            with T.Then():
-                                task(i, first, count)
+                    with T.parallel(0, len(ranges)) as w:
+                        for i, (first, count) in enumerate(ranges):
+                            with T.If(w == i):
+                                with T.Then():  # (the last task's last tile also takes the tail pixels)
+                                    pixel_groups(n, tiled(first, count), T.serial,
+                                                 tail=tail if i == len(ranges) - 1 else None)
             elif knobs.outer == "pixels":
                 pixel_groups(n, tiled(), outer, tail=tail)
             else:
