@@ -8,8 +8,9 @@ A fused op's candidates are timed in the same rounds as its two parts (with the 
 knobs), which it must beat to be used. The candidates close to the fastest (``FINALISTS``) are then
 timed again, one run per round over ``FINAL_ROUNDS`` rounds: a shared host's slow spells last a few
 milliseconds to seconds and, at 2 threads, can hit one candidate's runs in a round and not the
-next's. The fastest finalist's knobs are cached in the work directory, so a rerun, or another model with the same layers, measures nothing again; a stopped
-search resumes with the kernels it had not reached.
+next's. The fastest finalist's knobs are cached in the work directory, so a rerun, or another model
+with the same layers, measures nothing again; a stopped search resumes with the kernels it had not
+reached.
 """
 from __future__ import annotations
 

@@ -5,13 +5,14 @@ Output pixels run along a row in vectors of the target's lanes, so a tap's input
 load (stride 1) or, at stride 2, the even and odd inputs of two aligned loads split by two shuffles,
 and the taps one input further on those moved one lane with the next input as the last lane (one
 two-source permute and a scalar broadcast instead of two more loads across cache lines: 3×3 stride
-2, one core of a Zen 5, 72 vs 60 GMAC/s); no gather, no read past the row. Every border is resolved when the kernel is generated: the interior columns and rows
-take every tap unconditionally; a depthwise row's border columns are vector tiles too, each tap's
-input window clamped into the row and its padding lanes zeroed by one shuffle (scalar border pixels
-cost 1.3-1.7× on 14×14 and 7×7 maps), and so are the stem's with ``tap_loop`` (V2's 224² stem, one
-core of a Zen 5: 101 vs 112 µs, the best knobs of each: a scalar border pixel a row was 27 taps ×
-``out_block`` scalar FMAs); without it the stem's one border pixel a row is scalar code with exactly
-its valid taps; the last vector tile of a row overlaps its neighbour instead of needing a tail.
+2, one core of a Zen 5, 72 vs 60 GMAC/s); no gather, no read past the row. Every border is resolved
+when the kernel is generated: the interior columns and rows take every tap unconditionally; a
+depthwise row's border columns are vector tiles too, each tap's input window clamped into the row
+and its padding lanes zeroed by one shuffle (scalar border pixels cost 1.3-1.7× on 14×14 and 7×7
+maps), and so are the stem's with ``tap_loop`` (V2's 224² stem, one core of a Zen 5: 101 vs 112 µs,
+the best knobs of each: a scalar border pixel a row was 27 taps × ``out_block`` scalar FMAs);
+without it the stem's one border pixel a row is scalar code with exactly its valid taps; the last
+vector tile of a row overlaps its neighbour instead of needing a tail.
 Several output rows (``rows``) and tiles (``vectors``) are computed together so the input rows they
 share are loaded once and enough independent FMA chains are in flight.
 
