@@ -4,6 +4,8 @@ and p = 1, the fused residual add, 5×5 depthwise, hard-swish; vector widths of 
 AVX-512 (16) lanes (LLVM splits what the host lacks, so all run here)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,8 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
         # the tasks split the block rows (3 tasks over 2-9 block rows: uneven runs, a partial last row)
         chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, workers=w, share="rows") for v, g, w in ((2, 1, 3), (3, 0, 2))]
         chunked += [pointwise.PointwiseKnobs(2, 1, "pixels", True, lanes=lanes, workers=3, pack=True, share="rows")]
+        if pointwise.chunkable(shape.pixels, lanes, 3, 0):  # block-row tasks over chunks of input channels
+            chunked += [pointwise.PointwiseKnobs(3, 1, "pixels", True, 5, workers=2, share="rows")]
         if pixels == 49 and bsr == 4:  # 1 pixel past the whole vectors: also computed apart, as a tail
             tails = [k for k in kernel.candidates(lanes, 2) if k.tail]
             assert {k.outer for k in tails} == {"rows", "pixels"}
@@ -114,7 +118,8 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
 
 @pytest.mark.parametrize("rows, workers", [(96, 2), (40, 2), (9, 3), (4, 3), (2, 4)])
 def test_pointwise_row_ranges(rows, workers):
-    """Tasks splitting the block rows cover each row once, in order, and differ by at most one row."""
+    """Runs over items (the pixel vectors the tasks split) cover each item once, in order, and differ by
+    at most one item."""
     ranges = pointwise.row_ranges(rows, workers)
     assert [first for first, _ in ranges] == list(np.cumsum([0] + [count for _, count in ranges])[:-1])
     assert sum(count for _, count in ranges) == rows and len(ranges) == min(workers, rows)
@@ -141,6 +146,10 @@ def test_pointwise_rows_balanced_by_blocks(per_row, tasks):
     consts = [np.zeros(4 * max(1, shape.nnz), np.float32), np.zeros(max(1, shape.nnz), np.int32), indptr,
               np.zeros(4 * len(per_row), np.float32)]
     np.testing.assert_array_equal(pointwise.constants_for(shape, knobs, consts)[2], np.concatenate([indptr, bounds]))
+    chunked = dataclasses.replace(knobs, chunk=4)  # 2 chunks of the 8 input channels: the bounds follow their table
+    got = pointwise.constants_for(shape, chunked, consts)[2]
+    assert len(got) == len(per_row) * 3 + tasks + 1
+    np.testing.assert_array_equal(got[-(tasks + 1):], bounds)
 
 
 @pytest.mark.parametrize("pixels, lanes, workers", [(196, 8, 2), (49, 8, 2), (12544, 16, 4), (3, 8, 4), (225, 4, 3)])

@@ -264,33 +264,33 @@ def slab_stride(shape: PointwiseShape, knobs: PointwiseKnobs) -> int:
 
 def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list) -> list:
     """The kernel's constant arrays for ``knobs``: with chunks, ``indptr`` becomes, per block row, the
-    first block of every chunk of input channels (``[block_rows · (chunks + 1)]``)."""
+    first block of every chunk of input channels (``[block_rows · (chunks + 1)]``); with block-row
+    tasks (:func:`row_shares`), their bounds (:func:`balanced_rows`) follow it."""
     if knobs.layout == "channels":
         return channel_constants(shape, knobs, constants)
-    if row_shares(knobs):
-        data, offsets, indptr, bias = constants
-        indptr = np.concatenate([indptr, balanced_rows(indptr, row_shares(knobs))]).astype(np.int32)
-        constants = [data, offsets, indptr, bias]
-    if knobs.pack:
-        data, offsets, indptr, bias = constants
-        return [data, (offsets // shape.pixels * slab_stride(shape, knobs)).astype(np.int32), indptr, bias]
-    n = chunks(shape, knobs)
-    if n == 1:
-        return constants
     data, offsets, indptr, bias = constants
-    channels = offsets // shape.pixels if shape.nnz else np.zeros(0, np.int32)
-    bounds = np.arange(n + 1) * knobs.chunk
-    table = np.empty((shape.block_rows, n + 1), np.int32)
-    for rb in range(shape.block_rows):
-        lo, hi = int(indptr[rb]), int(indptr[rb + 1])
-        table[rb] = lo + np.searchsorted(channels[lo:hi], bounds, side="left") if shape.nnz else 0
-        table[rb, -1] = hi
-    return [data, offsets, table.reshape(-1), bias]
+    tasks = row_shares(knobs)
+    bounds = balanced_rows(indptr, tasks) if tasks else None  # from the rows' own blocks, before re-indexing
+    n = chunks(shape, knobs)
+    if knobs.pack:
+        offsets = (offsets // shape.pixels * slab_stride(shape, knobs)).astype(np.int32)
+    elif n > 1:
+        channels = offsets // shape.pixels if shape.nnz else np.zeros(0, np.int32)
+        chunk_bounds = np.arange(n + 1) * knobs.chunk
+        table = np.empty((shape.block_rows, n + 1), np.int32)
+        for rb in range(shape.block_rows):
+            lo, hi = int(indptr[rb]), int(indptr[rb + 1])
+            table[rb] = lo + np.searchsorted(channels[lo:hi], chunk_bounds, side="left") if shape.nnz else 0
+            table[rb, -1] = hi
+        indptr = table.reshape(-1)
+    if bounds is not None:
+        indptr = np.concatenate([indptr, bounds]).astype(np.int32)
+    return [data, offsets, indptr, bias]
 
 
 def row_shares(knobs: PointwiseKnobs) -> int:
     """How many tasks divide the block rows (``share="rows"``), else 0."""
-    parallel_rows = knobs.parallel and knobs.outer == "pixels" and knobs.share == "rows" and knobs.chunk == 0
+    parallel_rows = knobs.parallel and knobs.outer == "pixels" and knobs.share == "rows"
     return knobs.workers if parallel_rows and knobs.workers > 1 else 0
 
 
@@ -548,8 +548,8 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         D = buffer_arg("data", (max(shape.nnz, 1) * R,))
         O = buffer_arg("offsets", (max(shape.nnz, 1),), "int32")
         shares = row_shares(knobs)  # with these, indptr ends with the tasks' block-row bounds (balanced_rows)
-        IP = buffer_arg("indptr", (rows * (nch + 1),) if nch > 1 else (rows + 1 + (shares + 1 if shares else 0),),
-                        "int32")
+        at_bounds = rows * (nch + 1) if nch > 1 else rows + 1
+        IP = buffer_arg("indptr", (at_bounds + (shares + 1 if shares else 0),), "int32")
         B = buffer_arg("bias", (rows * R,))
         Y = buffer_arg("y", shape.output())
         Xf, Yf = flat(X, N * CI * P), flat(Y, N * CO * P)
@@ -604,8 +604,8 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
             if workers:  # one task per worker: its share of the block rows, or of the vectors tiled on its own
                 if shares:  # bounds from the constants: as many stored blocks each, not as many rows
                     with T.parallel(0, shares) as w:
-                        first = IP[rows + 1 + w]
-                        pixel_groups(n, tiled(), T.serial, first, IP[rows + 2 + w] - first, tail=tail)
+                        first = IP[at_bounds + w]
+                        pixel_groups(n, tiled(), T.serial, first, IP[at_bounds + 1 + w] - first, tail=tail)
                 else:
                     ranges = row_ranges(covered, workers)  # (without a tail: worker_ranges)
                     with T.parallel(0, len(ranges)) as w:
