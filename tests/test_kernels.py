@@ -107,6 +107,9 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
             assert any(k.pack for k in tails) == any(k.pack for k in kernel.candidates(lanes, 2))
             assert any(k.workers and k.share == "pixels" for k in tails) and any(k.share == "rows" for k in tails)
             assert any(k.tail for k in kernel.candidates(lanes, 1))
+            # partial sums through the output, the tail's too: one loop, pixel tasks, block-row tasks
+            chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, 5, workers=w, share=share, tail=True)
+                        for v, g, w, share in ((3, 2, 0, "pixels"), (1, 1, 2, "pixels"), (2, 4, 3, "rows"))]
         # every candidate, those with a tail once per loop structure (they differ from their twins only there)
         structures = {}
         for k in kernel.candidates(lanes, 2):
@@ -339,3 +342,13 @@ def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, p
     assert {k.band for k in knobs} >= {2, 4}
     for k in knobs:
         close(run(Kernel("fused", shape, dw_epi), k, lanes, [x] + consts), want)
+
+
+def test_pointwise_chunked_tails_offered():
+    """A wide 7×7 layer (its input slab past L1, one pixel past the whole vectors) gets candidates with
+    chunks and a tail together, in one loop and, with 2 cores, in block-row tasks."""
+    shape = pointwise.PointwiseShape(1, 1024, 7, 7, 1024, 4, 131072)
+    one = [k for k in pointwise.candidates(shape, 16, 1) if k.chunk and k.tail]
+    two = [k for k in pointwise.candidates(shape, 16, 2) if k.chunk and k.tail]
+    assert one and all(pointwise.chunks(shape, k) == 8 for k in one)
+    assert {k.share for k in two} == {"pixels", "rows"}

@@ -34,6 +34,9 @@ lines apart and in order.
 output). With ``tail`` (:func:`tail_ok`), the tiles cover the plane's whole vectors only and the
 last tile also computes the few pixels left, each as one vector of the block row's bsr output
 channels (one more FMA a block and pixel, instead of a shifted vector's one FMA a block and row).
+Chunks and a tail go together (the tail's partial sums go through the output too): a 7×7 plane of
+1024 channels is 200 KiB, and V1's 1024 → 1024 layer at p = 0.5 ran 241-244 µs with both against
+274-277 µs with the tail alone (Zen 5, 1 thread; 130 vs 139-147 µs at 2).
 A dense layer is the same kernel over a matrix whose every block is stored.
 """
 from __future__ import annotations
@@ -166,6 +169,11 @@ def chunkable(P: int, lanes: int, vectors: int, workers: int = 0) -> bool:
     return P % tl.lanes == 0 or (tl.vectors >= 2 and (tl.base >= 2 or tl.tiles == 1))
 
 
+def pixel_workers(knobs: PointwiseKnobs) -> int:
+    """The tasks splitting the plane's pixel vectors (0: none, each task or the one loop covers them all)."""
+    return knobs.workers if knobs.parallel and knobs.outer == "pixels" and knobs.share == "pixels" else 0
+
+
 def chunks(shape: PointwiseShape, knobs: PointwiseKnobs) -> int:
     return -(-shape.c_in // knobs.chunk) if knobs.chunk and knobs.outer == "pixels" else 1
 
@@ -188,7 +196,7 @@ def _vector_choices(shape: PointwiseShape, lanes: int) -> list[int]:
 def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseKnobs]:
     parallel = cores > 1
     workers = cores if parallel else 0
-    out = []
+    out, tail_only = [], []  # (tail_only: chunked candidates whose shifted last vector would be summed twice)
     for v in _vector_choices(shape, lanes):
         tiles = tiling(shape.pixels, lanes, v).tiles
         out.append(PointwiseKnobs(v, 0, "rows", parallel))
@@ -198,15 +206,17 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
         for group in (1, 4) if packable(shape) else ():
             if group < tiles:
                 out.append(PointwiseKnobs(v, group, "pixels", parallel, lanes=lanes, workers=workers, pack=True))
-        if workers and shape.block_rows >= 2 * workers and shape.pixels <= 64 and tiles > 1:
-            # small maps: the tasks split the block rows instead (each over every pixel)
+        by_rows = workers and shape.block_rows >= 2 * workers and shape.pixels <= 64 and tiles > 1
+        if by_rows:  # small maps: the tasks split the block rows instead (each over every pixel)
             out.append(PointwiseKnobs(v, 1, "pixels", parallel, lanes=lanes if packable(shape) else 0,
                                       workers=workers, pack=packable(shape), share="rows"))
-        if shape.c_in >= 256 and tiles > 1 and chunkable(shape.pixels, lanes, v, workers):
-            # a chunk's input slab (chunk × tile) stays in L1
-            out.append(PointwiseKnobs(v, 4, "pixels", parallel, 128, workers=workers))
-    if tail_ok(shape, lanes):
-        out += [dataclasses.replace(k, tail=True) for k in out if chunks(shape, k) == 1]
+        if shape.c_in >= 256 and tiles > 1:  # a chunk's input slab (chunk × tile) stays in L1
+            chunked = [PointwiseKnobs(v, 4, "pixels", parallel, 128, workers=workers)]
+            chunked += [dataclasses.replace(chunked[0], share="rows")] if by_rows else []
+            out += [k for k in chunked if chunkable(shape.pixels, lanes, v, pixel_workers(k))]
+            tail_only += [k for k in chunked if not chunkable(shape.pixels, lanes, v, pixel_workers(k))]
+    if tail_ok(shape, lanes):  # (chunks too: with a tail, no vector overlaps another)
+        out += [dataclasses.replace(k, tail=True) for k in out + tail_only]
     if is_dense(shape) and shape.pixels >= 2:
         out += _channel_candidates(shape, lanes, parallel)
     return with_serial(out, shape.macs(), cores)
@@ -217,7 +227,10 @@ def tail_ok(shape: PointwiseShape, lanes: int) -> bool:
     row's bsr output channels (one FMA a block and pixel) instead of in a pixel vector shifted back over
     its neighbour (one FMA a block and row): fewer FMAs when fewer pixels are left than bsr (7×7 in
     16-lane vectors: 3 vectors and 1 pixel, 13 FMAs a block of 4 rows instead of 16; V1's 7×7 layers
-    at p = 0.5 on a Zen 5, 1 thread: 289 vs 318 µs and 144 vs 154 µs, the best knobs of each)."""
+    at p = 0.5 on a Zen 5, 1 thread: 289 vs 318 µs and 144 vs 154 µs, the best knobs of each). Not
+    for pixel tasks' shares of a longer tail (14×14, 2 tasks: 6 vectors and 2 pixels each, 26 FMAs a
+    block where the 7-vector task has 28): 8-30 % slower on a Zen 5, its accumulators pushing 6-vector
+    tiles past the register file, its loads costing 3-vector tiles more than its FMAs save."""
     V = plane_lanes(shape.pixels, lanes)
     return shape.pixels >= V and 0 < shape.pixels % V < shape.bsr
 
@@ -459,9 +472,15 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
             if extra:
                 t0, tn, t_offset = tail
                 tacc = T.alloc_buffer((tn * R,), "float32", scope="local")
-                tinit = vload(B, rb * R, R) if epilogue.bias else bcast(f32(0), R)
-                for q in range(tn):
-                    vstore(tacc, q * R, tinit, R)
+                if first_chunk:
+                    tinit = vload(B, rb * R, R) if epilogue.bias else bcast(f32(0), R)
+                    for q in range(tn):
+                        vstore(tacc, q * R, tinit, R)
+                else:  # the chunks before left their partial sums in the output (rows past C_out: any value)
+                    for q in range(tn):
+                        for r in range(R):
+                            at = out_at(n, rb * R + r, t0 + q)
+                            T.buffer_store(tacc, Yf[tirx.min(at, N * CO * P - 1) if partial else at], [q * R + r])
             with T.serial(start, stop) as k:
                 base = x_base(n) + O[k]
                 xs = [vload(Xf, base + x_starts[j], V) for j in range(mm)]
@@ -480,7 +499,9 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
                     def store_tail(r=r):
                         for q in range(tn):
                             at = out_at(n, rb * R + r, t0 + q)
-                            value = plain.apply(tacc[q * R + r], 1, Rf[at] if Rf is not None else None)
+                            value = tacc[q * R + r]
+                            if last_chunk:
+                                value = plain.apply(value, 1, Rf[at] if Rf is not None else None)
                             T.buffer_store(Yf, value, [at])
                     row_guarded(rb, r, store_tail)
             for i, r in enumerate(rr):
@@ -530,12 +551,12 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
     rows = shape.block_rows
     nch = chunks(shape, knobs)
     workers = knobs.workers if knobs.parallel and knobs.outer == "pixels" and knobs.workers > 1 else 0
-    if nch > 1 and not chunkable(P, lanes, knobs.vectors, workers if knobs.share == "pixels" else 0):
+    if nch > 1 and not knobs.tail and not chunkable(P, lanes, knobs.vectors, pixel_workers(knobs)):
         raise ValueError(f"chunked pointwise kernel needs tiles of 2+ vectors for {P} pixels")
     pack = knobs.pack and knobs.outer == "pixels"
     if pack and (nch > 1 or knobs.group < 1 or knobs.lanes != lanes):
         raise ValueError(f"a packed pointwise kernel needs group >= 1, no chunks and lanes={lanes}: {knobs}")
-    if knobs.tail and (nch > 1 or not tail_ok(shape, lanes)):
+    if knobs.tail and not tail_ok(shape, lanes):
         raise ValueError(f"no pointwise kernel with a tail for {shape} with {knobs}")
     V = plane_lanes(P, lanes)
     covered = P // V if knobs.tail else -(-P // V)  # vectors the tiles cover (with a tail, whole ones only)
