@@ -151,7 +151,7 @@ def test_pointwise_rows_balanced_by_blocks(per_row, tasks):
     np.testing.assert_array_equal(pointwise.constants_for(shape, knobs, consts)[2], np.concatenate([indptr, bounds]))
     chunked = dataclasses.replace(knobs, chunk=4)  # 2 chunks of the 8 input channels: the bounds follow their table
     got = pointwise.constants_for(shape, chunked, consts)[2]
-    assert len(got) == len(per_row) * 3 + tasks + 1
+    assert len(got) == 2 * (len(per_row) + 1) + tasks + 1  # (2 chunks × (rows + 1) starts, see chunk_major)
     np.testing.assert_array_equal(got[-(tasks + 1):], bounds)
 
 
@@ -352,3 +352,27 @@ def test_pointwise_chunked_tails_offered():
     two = [k for k in pointwise.candidates(shape, 16, 2) if k.chunk and k.tail]
     assert one and all(pointwise.chunks(shape, k) == 8 for k in one)
     assert {k.share for k in two} == {"pixels", "rows"}
+
+
+def test_pointwise_chunk_major(rng):
+    """A chunked kernel's blocks in the order it reads them: chunk by chunk, each chunk's run of every
+    block row in turn; the table's entries bound each run, which holds exactly that row's blocks of
+    that chunk's input channels with their weights, in their order."""
+    c_in, bsr, rows, pixels = 10, 4, 5, 6
+    w = block_sparse(rng, rows * bsr, c_in, bsr, 0.5)
+    m = bsr_format.to_bsr(w, bsr)
+    shape = pointwise.PointwiseShape(1, c_in, 2, 3, rows * bsr, bsr, m.nnz)
+    knobs = pointwise.PointwiseKnobs(2, 1, "pixels", False, 4)  # chunks of 4, 4 and 2 input channels
+    data, offsets, table = pointwise.chunk_major(shape, knobs, m.data.reshape(-1), (m.indices * pixels).astype(np.int32),
+                                                 m.indptr)
+    table = table.reshape(3, rows + 1)
+    assert table[0, 0] == 0 and table[-1, -1] == m.nnz and np.all(np.diff(table.reshape(-1)) >= 0)
+    for c in range(3):
+        for rb in range(rows):
+            lo, hi = m.indptr[rb], m.indptr[rb + 1]
+            keep = [k for k in range(lo, hi) if c * 4 <= m.indices[k] < c * 4 + 4]
+            a, b = table[c, rb], table[c, rb + 1]
+            np.testing.assert_array_equal(offsets[a:b], m.indices[keep] * pixels)
+            np.testing.assert_array_equal(data.reshape(-1, bsr)[a:b], m.data.reshape(-1, bsr)[keep])
+        if c + 1 < 3:
+            assert table[c, -1] == table[c + 1, 0]

@@ -12,7 +12,8 @@ import dataclasses
 
 from tvm.tirx.script import builder as T
 
-from export.tvm.kernels.tir import Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func, vload, vstore
+from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, prim_func, registers,
+                                    vload, vstore)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ def generate(shape: GemvShape, epilogue: Epilogue, knobs: GemvKnobs, lanes: int,
         Rf = flat(Res, N * CO) if Res is not None else None
         with T.serial(0, N) as n:
             with parallel_or_serial(knobs.parallel)(0, rows) as rb:
-                acc = T.alloc_buffer((2 * R,), "float32", scope="local")
+                acc = registers(1, 2 * R)[0]
                 vstore(acc, 0, vload(B, rb * R, R) if epilogue.bias else bcast(f32(0), R), R)
                 vstore(acc, R, bcast(f32(0), R), R)
                 start, stop = IP[rb], IP[rb + 1]

@@ -8,7 +8,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, lane_sum, parallel_or_serial, prim_func,
-                                    vload, vstore)
+                                    registers, vload, vstore)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def pool(shape: PoolShape, epilogue: Epilogue, knobs: PlaneKnobs, lanes: int, na
         Y = buffer_arg("y", shape.output())
         Xf, Yf = flat(X, N * C * P), flat(Y, N * C)
         with parallel_or_serial(knobs.parallel)(0, N * C) as nc:
-            acc = T.alloc_buffer((V,), "float32", scope="local")
+            acc = registers(1, V)[0]
             vstore(acc, 0, bcast(f32(0), V), V)
             with T.serial(0, full) as t:
                 vstore(acc, 0, vload(acc, 0, V) + vload(Xf, nc * P + t * V, V), V)

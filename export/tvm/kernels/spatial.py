@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, plane_lanes,
-                                    prim_func, vload, vstore, with_serial)
+                                    prim_func, registers, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,10 +306,10 @@ class Emitter:
         V, K, S, outs = self.V, self.K, self.S, self.outs
         CI = self.shape.c_in
         for x0, m in self.tiles():
-            acc = T.alloc_buffer((outs * m * V,), "float32", scope="local")
+            accs = registers(outs, m * V)
             for o in range(outs):
                 for j in range(m):
-                    vstore(acc, (o * m + j) * V, self.bias(o, V), V)
+                    vstore(accs[o], j * V, self.bias(o, V), V)
             with T.serial(0, CI * K) as cik:
                 ci, ky = cik // K, cik % K
                 inputs = [self.vector_taps(ci, oy * S - self.pt + ky, x0 + j * V) for j in range(m)]
@@ -317,11 +317,10 @@ class Emitter:
                     for kx in range(K):
                         w = bcast(self.Wf[(self.co0 + o) * self.taps + cik * K + kx], V)
                         for j in range(m):
-                            at = (o * m + j) * V
-                            vstore(acc, at, vload(acc, at, V) + w * inputs[j][kx], V)
+                            vstore(accs[o], j * V, vload(accs[o], j * V, V) + w * inputs[j][kx], V)
             for o in range(outs):
                 for j in range(m):
-                    value = self.epilogue.apply(self.restore(vload(acc, (o * m + j) * V, V)), V)
+                    value = self.epilogue.apply(self.restore(vload(accs[o], j * V, V)), V)
                     vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
 
     def vector_rows(self, rows, kys) -> None:
@@ -333,15 +332,15 @@ class Emitter:
         R_ = len(rows)
         top = rows[0] * S - self.pt  # input row of output row rows[0], tap 0
         for x0, m in self.tiles():
-            acc = T.alloc_buffer((outs * R_ * m * V,), "float32", scope="local")
-            taps = T.alloc_buffer((K * V,), "float32", scope="local")
+            accs = registers(outs * R_, m * V)
+            taps = registers(1, K * V)[0]
 
             def slot(o, r, j):
-                return ((o * R_ + r) * m + j) * V
+                return accs[o * R_ + r], j * V
             for o in range(outs):
                 for r in range(R_):
                     for j in range(m):
-                        vstore(acc, slot(o, r, j), self.bias(o, V), V)
+                        vstore(*slot(o, r, j), self.bias(o, V), V)
             for ci_index, ci in enumerate(self.cins):
                 for rel in range((R_ - 1) * S + K):
                     users = [(r, rel - r * S) for r in range(R_) if rel - r * S in kys]
@@ -356,11 +355,11 @@ class Emitter:
                                 for o in range(outs):
                                     w = self.weight(o, ci_index, ky, kx, V)
                                     at = slot(o, r, j)
-                                    vstore(acc, at, vload(acc, at, V) + w * tap, V)
+                                    vstore(*at, vload(*at, V) + w * tap, V)
             for o in range(outs):
                 for r, oy in enumerate(rows):
                     for j in range(m):
-                        value = self.epilogue.apply(self.restore(vload(acc, slot(o, r, j), V)), V)
+                        value = self.epilogue.apply(self.restore(vload(*slot(o, r, j), V)), V)
                         vstore(self.Yf, self.out_row(self.co0 + o, oy) + x0 + j * V, value, V)
 
     def scalar(self, oy, ox, kys, kxs) -> None:
