@@ -86,7 +86,8 @@ def generate(shape: GemvShape, epilogue: Epilogue, knobs: GemvKnobs, lanes: int,
                 with T.serial(0, (stop - start) // 2) as q:
                     for half in range(2):
                         k = start + 2 * q + half
-                        vstore(acc, half * R, vload(acc, half * R, R) + vload(D, k * R, R) * bcast(Xf[n * CI + I[k]], R), R)
+                        product = vload(D, k * R, R) * bcast(Xf[n * CI + I[k]], R)
+                        vstore(acc, half * R, vload(acc, half * R, R) + product, R)
                 with T.If((stop - start) % 2 == 1):
                     with T.Then():
                         k = stop - 1

@@ -47,16 +47,9 @@ import numpy as np
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
-from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, plane_lanes,
-                                    prim_func, registers, vector_registers, vload, vstore, with_serial)
-
-
-# How far ahead of the block being multiplied its weights are prefetched. In a model the weights of
-# a wide layer (V1's 1024 → 1024 at p = 0.5: 2.5 MiB with the offsets) often come from memory, not
-# the L3 the knob search times them from, and the hardware prefetcher falls behind: from memory, a
-# 512 → 1024 7×7 layer took 223 µs without and 173 µs with (Zen 5, 1 thread; 143 µs from L3 either
-# way), a 14×14 512 → 512 one 321 and 256 µs (240 from L3).
-PREFETCH_BYTES = 1024
+from export.tvm.kernels.tir import (PREFETCH_BYTES, Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial,
+                                    plane_lanes, prefetch, prim_func, registers, vector_registers, vload, vstore,
+                                    with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +308,7 @@ def chunk_major(shape: PointwiseShape, knobs: PointwiseKnobs, data, offsets, ind
         table[c, 0] = len(order)
         for rb in range(rows):
             lo, hi = int(indptr[rb]), int(indptr[rb + 1])
-            a, b = lo + np.searchsorted(channels[lo:hi], [c * knobs.chunk, (c + 1) * knobs.chunk]) if shape.nnz else (0, 0)
+            a, b = lo + np.searchsorted(channels[lo:hi], [c * knobs.chunk, (c + 1) * knobs.chunk])
             order.extend(range(a, b))
             table[c, rb + 1] = len(order)
     order = np.array(order, np.int64)
@@ -506,8 +499,7 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
                             T.buffer_store(tacc, Yf[tirx.min(at, N * CO * P - 1) if partial else at], [q * R + r])
             with T.serial(start, stop) as k:
                 base = x_base(n) + O[k]
-                ahead = tirx.min(k + PREFETCH_BYTES // (4 * R), O.shape[0] - 1)
-                T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(D[ahead * R]), 0, 3, 1))
+                prefetch(D, tirx.min(k + PREFETCH_BYTES // (4 * R), O.shape[0] - 1) * R)  # the weights stream
                 xs = [vload(Xf, base + x_starts[j], V) for j in range(mm)]
                 for i, r in enumerate(rr):
                     w = bcast(D[k * R + r], V)
