@@ -31,7 +31,8 @@ pixels of consecutive stored channels lie H·W floats apart at no fixed stride, 
 loads would miss L1 and no prefetcher would see them coming; in the slab they are a few cache
 lines apart and in order.
 ``chunk`` splits the input channels so a chunk's slab stays in L1 (partial sums go through the
-output). With ``tail`` (:func:`tail_ok`), the tiles cover the plane's whole vectors only and the
+output; the blocks stored chunk-major, :func:`chunk_major`). The weights stream is prefetched
+``PREFETCH_BYTES`` ahead of the block being multiplied: in a model they often come from memory. With ``tail`` (:func:`tail_ok`), the tiles cover the plane's whole vectors only and the
 last tile also computes the few pixels left, each as one vector of the block row's bsr output
 channels (one more FMA a block and pixel, instead of a shifted vector's one FMA a block and row).
 Chunks and a tail go together (the tail's partial sums go through the output too): a 7×7 plane of
