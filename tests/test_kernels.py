@@ -376,3 +376,13 @@ def test_pointwise_chunk_major(rng):
             np.testing.assert_array_equal(data.reshape(-1, bsr)[a:b], m.data.reshape(-1, bsr)[keep])
         if c + 1 < 3:
             assert table[c, -1] == table[c + 1, 0]
+
+
+def test_pointwise_row_tasks_offered_up_to_14x14():
+    """With 2 cores, maps up to ROW_SHARE_PIXELS get block-row task candidates (14×14 included); a
+    28×28 map and 1 core do not."""
+    def shares(h, cores):
+        shape = pointwise.PointwiseShape(1, 512, h, h, 512, 4, 32768)
+        return {k.share for k in pointwise.candidates(shape, 16, cores)}
+    assert "rows" in shares(14, 2) and "rows" in shares(7, 2)
+    assert shares(28, 2) == {"pixels"} and shares(14, 1) == {"pixels"}

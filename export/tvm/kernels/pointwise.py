@@ -18,10 +18,10 @@ walks block rows outermost (a block row's weights stay in L1 while the pixels st
 with many channels). The outer loop is the parallel one; with several cores, pixel tiles are not
 handed out by TVM's parallel loop (contiguous runs of whole tiles: 5 and 4 of a 14×14 plane's 9) but
 split as ``workers`` tasks of as equal a number of pixel vectors as possible, each tiled on its own;
-on maps of at most 64 pixels (7×7, 5×5) the tasks may instead take equal runs of block rows, each
-over the whole plane (``share="rows"``), so a core streams only its own weights and writes whole
-output planes (AVX2, 2 cores: 960 → 160 at 7×7, p = 0.9, 1.3× the best pixel split; V2 at p = 0.9
-end to end 0.97–0.98× the time; on 14×14 maps it lost as often as it won, and on a Zen 5 it ties).
+on maps of at most ``ROW_SHARE_PIXELS`` (7×7, 14×14) the tasks may instead take equal runs of block
+rows, each over the whole plane (``share="rows"``), so a core streams only its own weights and
+writes whole output planes (AVX2, 2 cores: 960 → 160 at 7×7, p = 0.9, 1.3× the best pixel split;
+V2 at p = 0.9 end to end 0.97–0.98× the time).
 Those runs hold as equal a number of stored blocks as whole block rows allow, not of rows
 (:func:`balanced_rows`; the bounds ride at the end of ``indptr``): a pruned layer's rows keep
 different numbers of blocks (V2 at p = 0.9: one half of a layer's rows holds up to 18 % more).
@@ -32,9 +32,10 @@ loads would miss L1 and no prefetcher would see them coming; in the slab they ar
 lines apart and in order.
 ``chunk`` splits the input channels so a chunk's slab stays in L1 (partial sums go through the
 output; the blocks stored chunk-major, :func:`chunk_major`). The weights stream is prefetched
-``PREFETCH_BYTES`` ahead of the block being multiplied: in a model they often come from memory. With ``tail`` (:func:`tail_ok`), the tiles cover the plane's whole vectors only and the
-last tile also computes the few pixels left, each as one vector of the block row's bsr output
-channels (one more FMA a block and pixel, instead of a shifted vector's one FMA a block and row).
+``PREFETCH_BYTES`` ahead of the block being multiplied: in a model they often come from memory.
+With ``tail`` (:func:`tail_ok`), the tiles cover the plane's whole vectors only and the last tile
+also computes the few pixels left, each as one vector of the block row's bsr output channels (one
+more FMA a block and pixel, instead of a shifted vector's one FMA a block and row).
 Chunks and a tail go together (the tail's partial sums go through the output too): a 7×7 plane of
 1024 channels is 200 KiB, and V1's 1024 → 1024 layer at p = 0.5 ran 241-244 µs with both against
 274-277 µs with the tail alone (Zen 5, 1 thread; 130 vs 139-147 µs at 2).
@@ -51,6 +52,13 @@ from tvm.tirx.script import builder as T
 from export.tvm.kernels.tir import (PREFETCH_BYTES, Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial,
                                     plane_lanes, prefetch, prim_func, registers, vector_registers, vload, vstore,
                                     with_serial)
+
+
+# The largest maps whose block rows the tasks may split (``share="rows"``). 14×14 maps were left out
+# while the weights stream was not prefetched (on AVX2 it lost as often as it won, on a Zen 5 it
+# tied); with it, V1's 512 → 512 layer at 2 threads on a Zen 5 took 79 against 83 µs for the best
+# pixel split at p = 0.7 and 130 against 133 µs at p = 0.5.
+ROW_SHARE_PIXELS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +216,7 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
         for group in (1, 4) if packable(shape) else ():
             if group < tiles:
                 out.append(PointwiseKnobs(v, group, "pixels", parallel, lanes=lanes, workers=workers, pack=True))
-        by_rows = workers and shape.block_rows >= 2 * workers and shape.pixels <= 64 and tiles > 1
+        by_rows = workers and shape.block_rows >= 2 * workers and shape.pixels <= ROW_SHARE_PIXELS and tiles > 1
         if by_rows:  # small maps: the tasks split the block rows instead (each over every pixel)
             out.append(PointwiseKnobs(v, 1, "pixels", parallel, lanes=lanes if packable(shape) else 0,
                                       workers=workers, pack=packable(shape), share="rows"))
