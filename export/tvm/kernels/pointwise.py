@@ -223,8 +223,8 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
         if shape.c_in >= 256 and tiles > 1:  # a chunk's input slab (chunk × tile) stays in L1
             chunked = [PointwiseKnobs(v, 4, "pixels", parallel, 128, workers=workers)]
             chunked += [dataclasses.replace(chunked[0], share="rows")] if by_rows else []
-            out += [k for k in chunked if chunkable(shape.pixels, lanes, v, pixel_workers(k))]
-            tail_only += [k for k in chunked if not chunkable(shape.pixels, lanes, v, pixel_workers(k))]
+            for k in chunked:
+                (out if chunkable(shape.pixels, lanes, v, pixel_workers(k)) else tail_only).append(k)
     if tail_ok(shape, lanes):  # (chunks too: with a tail, no vector overlaps another)
         out += [dataclasses.replace(k, tail=True) for k in out + tail_only]
     if is_dense(shape) and shape.pixels >= 2:
@@ -286,9 +286,9 @@ def slab_stride(shape: PointwiseShape, knobs: PointwiseKnobs) -> int:
 
 
 def constants_for(shape: PointwiseShape, knobs: PointwiseKnobs, constants: list) -> list:
-    """The kernel's constant arrays for ``knobs``: with chunks, ``indptr`` becomes, per block row, the
-    first block of every chunk of input channels (``[block_rows · (chunks + 1)]``); with block-row
-    tasks (:func:`row_shares`), their bounds (:func:`balanced_rows`) follow it."""
+    """The kernel's constant arrays for ``knobs``: with chunks, the blocks in chunk-major order and
+    ``indptr`` their ``[chunks, block_rows + 1]`` table (:func:`chunk_major`); with block-row tasks
+    (:func:`row_shares`), their bounds (:func:`balanced_rows`) follow it."""
     if knobs.layout == "channels":
         return channel_constants(shape, knobs, constants)
     data, offsets, indptr, bias = constants
@@ -475,10 +475,8 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
         first_chunk, last_chunk = chunk == 0, chunk == nch - 1
         starts = [pixel(first + j) for j in range(mm)]
         x_starts = [x_start(first + j) for j in range(mm)]
-        if nch > 1:  # (the blocks in chunk-major order, see chunk_major)
-            start, stop = IP[chunk * (rows + 1) + rb], IP[chunk * (rows + 1) + rb + 1]
-        else:
-            start, stop = IP[rb], IP[rb + 1]
+        row_at = chunk * (rows + 1) + rb  # (one chunk: the plain indptr; several: chunk_major's table)
+        start, stop = IP[row_at], IP[row_at + 1]
         Rs = rows_per_pass(R, mm, V)
         for r0 in range(0, R, Rs):
             rr = list(range(r0, min(R, r0 + Rs)))

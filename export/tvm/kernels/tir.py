@@ -60,7 +60,7 @@ def registers(count: int, floats: int) -> list:
     lowers a small (< 1 KiB) allocation of global scope to a stack slot, which LLVM promotes to
     registers; one of "local" scope, or of 1 KiB or more, becomes a workspace allocation (a call
     per kernel call) whose pointer escapes, so any call left in a loop over it (a prefetch) sent every
-    accumulator through memory on every iteration (pointwise kernels 2.5× slower at 2 threads)."""
+    accumulator through memory on every iteration (pointwise kernels 2.3-2.9× slower at 2 threads)."""
     if floats * 4 >= 1024:
         raise ValueError(f"a register tile of {floats} floats is not kept on the stack: split it")
     return [T.alloc_buffer((floats,), "float32", scope="global") for _ in range(count)]
