@@ -74,6 +74,7 @@ EPILOGUES = [Epilogue(True, 0.0, 6.0), Epilogue(True, residual=True), Epilogue(T
     (5, 3, 9, 1, 0.5, 8),  # fewer pixels than a vector
     (24, 49, 37, 4, 0.0, 16),  # dense 7×7: also output-channel vectorised, C_out % 16 != 0
     (16, 196, 64, 4, 0.0, 8),  # dense 14×14
+    (40, 25, 24, 4, 0.5, 16),  # 5×5: one tile of two vectors, the second shifted back over the first
 ])
 def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
     w = block_sparse(rng, c_out, c_in, bsr, p)
@@ -295,6 +296,9 @@ def test_stem_conv(rng, c_out, size, stride, pads, affine):
     want = conv_ref(x, w, b, shape, kernel.epilogue)
     candidates = kernel.candidates(8, 2)
     assert any(k.tap_loop for k in candidates) and any(not k.tap_loop for k in candidates)
+    # blocks of output channels that do not share the channels evenly among 2 cores split the rows too
+    assert {k.out_block for k in candidates if k.row_tasks == 2} == {
+        k.out_block for k in candidates if c_out % (2 * k.out_block)} != set()
     for i, knobs in enumerate(candidates):
         close(run(kernel, knobs, (16, 8, 4)[i % 3], [x, w, b]), want)
 
@@ -317,10 +321,13 @@ def test_pool_scale_and_transpose(rng, size):
     (8, (14, 14), 16, 4, 0.0, 3, 1, (1, 1, 1, 1), 16),  # dense pointwise
     (5, (20, 17), 9, 4, 1.0, 5, 1, (2, 2, 2, 2), 4),  # 5×5, p = 1: the depthwise sees bias-only planes
     (6, (16, 16), 8, 2, 0.7, 3, 2, (0, 0, 1, 1), 16),  # Keras' asymmetric stride-2 padding
+    (7, (9, 9), 18, 4, 1.0, 5, 1, (2, 2, 2, 2), 16),  # small map, p = 1: channel tasks, flattened 5×5 planes
 ])
 def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, pads, lanes):
     """The fused pair equals pointwise → depthwise in numpy for every band size it offers (first,
-    middle and last bands, windows clamped at both image edges)."""
+    middle and last bands, windows clamped at both image edges) and, on maps of at most 256 pixels,
+    for its channel tasks (each task's run of block rows, balanced by stored blocks, the last one
+    partial when C is not a multiple of bsr)."""
     from export.tvm.kernels import fused
 
     w = block_sparse(rng, c, c_in, bsr, p)
@@ -339,9 +346,12 @@ def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, p
     expanded = epilogue_ref(np.einsum("oc,nchw->nohw", w.astype(np.float64), x) + pw_bias[:c, None, None], pw_epi)
     want = conv_ref(expanded.astype(np.float32), wd, bd, dw, dw_epi)
     knobs = fused.candidates(shape, lanes, 2)
-    assert {k.band for k in knobs} >= {2, 4}
+    assert {k.band for k in knobs if not k.tasks} >= ({2, 4} if size[0] > 9 else set())
+    assert any(k.tasks == 2 for k in knobs) == (pw.pixels <= 256)
+    assert any(k.dw_flat for k in knobs) == (pw.pixels <= 256 and stride == 1)
+    kernel_ = Kernel("fused", shape, dw_epi)
     for k in knobs:
-        close(run(Kernel("fused", shape, dw_epi), k, lanes, [x] + consts), want)
+        close(run(kernel_, k, lanes, [x] + kernel_.constants_for(k, consts)), want)
 
 
 def test_pointwise_chunked_tails_offered():
@@ -379,10 +389,12 @@ def test_pointwise_chunk_major(rng):
 
 
 def test_pointwise_row_tasks_offered_up_to_14x14():
-    """With 2 cores, maps up to ROW_SHARE_PIXELS get block-row task candidates (14×14 included); a
-    28×28 map and 1 core do not."""
+    """With 2 cores, maps up to ROW_SHARE_PIXELS get block-row task candidates (14×14 included, and 5×5,
+    one tile: chunked too); a 28×28 map and 1 core do not."""
     def shares(h, cores):
         shape = pointwise.PointwiseShape(1, 512, h, h, 512, 4, 32768)
         return {k.share for k in pointwise.candidates(shape, 16, cores)}
-    assert "rows" in shares(14, 2) and "rows" in shares(7, 2)
+    assert "rows" in shares(14, 2) and "rows" in shares(7, 2) and "rows" in shares(5, 2)
+    five = pointwise.PointwiseShape(1, 512, 5, 5, 512, 4, 32768)
+    assert any(k.chunk and k.share == "rows" for k in pointwise.candidates(five, 16, 2))
     assert shares(28, 2) == {"pixels"} and shares(14, 1) == {"pixels"}

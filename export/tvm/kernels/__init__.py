@@ -32,7 +32,7 @@ KINDS = {
     "pool": Kind(reduce.pool, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
     "scale": Kind(reduce.scale, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
     "to_nchw": Kind(reduce.to_nchw, reduce.candidates, reduce.default_knobs, reduce.PlaneKnobs),
-    "fused": Kind(fused.generate, fused.candidates, fused.default_knobs, fused.FusedKnobs),
+    "fused": Kind(fused.generate, fused.candidates, fused.default_knobs, fused.FusedKnobs, fused.constants_for),
 }
 
 

@@ -10,11 +10,20 @@ clamped into the image — for every channel into an L2-sized scratch, with the 
 tensor. Windows of neighbouring bands overlap by ``K - stride`` rows, which are computed twice: the
 knob search weighs that against the memory traffic saved, and keeps the two kernels apart
 (``split``) when fusing does not pay.
+
+On small maps with several cores (``tasks``) the pair is split by channels instead: each task takes a
+run of the pointwise layer's block rows holding as many stored blocks as the others, computes those
+output channels over the whole plane into its scratch and then their depthwise planes, so the
+depthwise layer reads only what its own core just wrote and the pair is one parallel launch, not
+two. A 10×10 map has 3 bands of 4 rows for 2 cores; there, as on 7×7 and 14×14 maps, the pair used
+to run apart, each half paying its own launch, join and the crossing of the whole tensor between
+the cores.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
@@ -49,6 +58,8 @@ class FusedKnobs:
     dw_rows: int = 1  # depthwise output rows computed together (divides band)
     parallel: bool = True
     split: bool = False  # run the two kernels apart (their own knobs); chosen by the knob search
+    tasks: int = 0  # parallel: this many tasks, each a run of block rows over the whole plane (0: bands)
+    dw_flat: bool = False  # with tasks: the depthwise planes flattened (spatial.flat_plane_ok)
 
 
 def window(shape: FusedShape, band: int) -> int:
@@ -85,7 +96,28 @@ def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
             continue
         for dw_vectors, dw_rows in ((2, 1), (1, 2)):
             out.append(FusedKnobs(band, widest, dw_vectors, dw_rows, parallel))
+    if channel_tasks_ok(shape, cores):
+        whole = shape.depthwise.out_height
+        out += [FusedKnobs(whole, widest, v, r, True, tasks=cores) for v, r in ((2, 1), (1, 2))]
+        if spatial.flat_plane_ok(shape.depthwise):
+            out.append(FusedKnobs(whole, widest, 0, 1, True, tasks=cores, dw_flat=True))
     return out
+
+
+def channel_tasks_ok(shape: FusedShape, cores: int) -> bool:
+    """Whether the pair may be split by channels (``tasks``): several cores, a small map (the
+    pointwise layer's own block-row tasks' limit) and at least two block rows a task."""
+    pw = shape.pointwise
+    return cores > 1 and pw.pixels <= pointwise.ROW_SHARE_PIXELS and pw.block_rows >= 2 * cores
+
+
+def constants_for(shape: FusedShape, knobs: FusedKnobs, constants: list) -> list:
+    """With ``tasks``, the tasks' block-row bounds follow ``indptr`` (:func:`pointwise.balanced_rows`)."""
+    if not knobs.tasks or knobs.split:
+        return constants
+    data, offsets, indptr, *rest = constants
+    bounds = pointwise.balanced_rows(indptr, knobs.tasks)
+    return [data, offsets, np.concatenate([indptr, bounds]).astype(np.int32), *rest]
 
 
 def default_knobs(shape: FusedShape, lanes: int, cores: int) -> FusedKnobs:
@@ -104,6 +136,8 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
     band = max(1, min(knobs.band, OH))
     if knobs.split or not feasible(shape, band) or pw_epi.residual:
         raise ValueError(f"no fused kernel for {shape} with {knobs}")
+    if knobs.tasks:
+        return _generate_tasks(shape, epilogue, knobs, lanes, name)
     RW = window(shape, band)
     PB = RW * W
     bands = -(-OH // band)
@@ -164,4 +198,50 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
                                         static_band(bands - 1)
                                     with T.Else():
                                         depthwise(b * (band * S) - pt, middle_band)
+    return fn.func
+
+
+def _generate_tasks(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: int, name: str):
+    """The pair split by channels (``knobs.tasks``): the same arguments as :func:`generate`, ``indptr``
+    followed by the tasks' block-row bounds (:func:`constants_for`)."""
+    pw, dw, pw_epi = shape.pointwise, shape.depthwise, shape.pointwise_epilogue
+    N, CI, H, W, C, R = pw.batch, pw.c_in, pw.height, pw.width, pw.c_out, pw.bsr
+    K, OH, OW, P = dw.kernel, dw.out_height, dw.out_width, pw.height * pw.width
+    if not channel_tasks_ok(shape, knobs.tasks) or (knobs.dw_flat and not spatial.flat_plane_ok(dw)):
+        raise ValueError(f"no channel-task fused kernel for {shape} with {knobs}")
+    rows_pw, tasks = pw.block_rows, knobs.tasks
+    tl = pointwise.tiling(P, lanes, knobs.vectors)
+    dw_rows = knobs.dw_rows if knobs.dw_rows >= 1 else 1
+    dw_knobs = spatial.SpatialKnobs(knobs.dw_vectors, dw_rows, 1, False, flat=knobs.dw_flat)
+    with prim_func(name) as fn:
+        X = buffer_arg("x", (N, CI, H, W))
+        D = buffer_arg("data", (max(pw.nnz, 1) * R,))
+        O = buffer_arg("offsets", (max(pw.nnz, 1),), "int32")
+        IP = buffer_arg("indptr", (rows_pw + 1 + tasks + 1,), "int32")
+        BP = buffer_arg("pw_bias", (rows_pw * R,))
+        Wd = buffer_arg("w", (C, K * K))
+        BD = buffer_arg("bias", (C,))
+        Y = buffer_arg("y", (N, C, OH, OW))
+        Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * C * OH * OW), flat(Wd, C * K * K)
+        with T.serial(0, N) as n:
+            with T.parallel(0, tasks) as w:
+                scratch = T.alloc_buffer((rows_pw * R * P,), "float32", scope="global")
+                Ef = flat(scratch, rows_pw * R * P)
+                first, last = IP[rows_pw + 1 + w], IP[rows_pw + 2 + w]
+                tile = pointwise.tile_emitter(pw, pw_epi, tl, P, 1, D, O, IP, BP, Xf, Ef, None,
+                                              x_base=lambda n_: n_ * (CI * P),
+                                              out_at=lambda n_, row, pixel: row * P + pixel, guard_rows=False)
+                with T.serial(0, last - first) as i:  # (a loop from first to last, not from 0, computed wrong rows)
+                    with T.serial(0, tl.tiles) as t:
+                        tile(n, first + i, t)
+                em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
+                                     in_row=lambda ci, iy: ci * P + iy * W,
+                                     out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
+                with T.serial(0, tirx.min(last * R, C) - first * R) as i:
+                    c = first * R + i
+                    em.group(c, 1, [c])
+                    if knobs.dw_flat:
+                        em.flat_plane(lanes)
+                    else:
+                        em.row_range(0, OH)
     return fn.func

@@ -216,11 +216,11 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
         for group in (1, 4) if packable(shape) else ():
             if group < tiles:
                 out.append(PointwiseKnobs(v, group, "pixels", parallel, lanes=lanes, workers=workers, pack=True))
-        by_rows = workers and shape.block_rows >= 2 * workers and shape.pixels <= ROW_SHARE_PIXELS and tiles > 1
+        by_rows = workers and shape.block_rows >= 2 * workers and shape.pixels <= ROW_SHARE_PIXELS
         if by_rows:  # small maps: the tasks split the block rows instead (each over every pixel)
             out.append(PointwiseKnobs(v, 1, "pixels", parallel, lanes=lanes if packable(shape) else 0,
                                       workers=workers, pack=packable(shape), share="rows"))
-        if shape.c_in >= 256 and tiles > 1:  # a chunk's input slab (chunk × tile) stays in L1
+        if shape.c_in >= 256:  # a chunk's input slab (chunk × tile) stays in L1
             chunked = [PointwiseKnobs(v, 4, "pixels", parallel, 128, workers=workers)]
             chunked += [dataclasses.replace(chunked[0], share="rows")] if by_rows else []
             for k in chunked:

@@ -23,7 +23,10 @@ their row zeroed by one blend, so a 7-wide row is not a 4-lane vector plus borde
 one core: 7×7 1.3×, 5×5 2×, 10×10 1.5×, 14×14 1.1×, 20×20 1.2× the row kernel; 28×28 is slower).
 
 Depthwise: one plane per channel, planes in parallel. Dense (``groups == 1``): ``out_block`` output
-channels share each input load; blocks of output channels in parallel. An optional scalar affine
+channels share each input load; blocks of output channels in parallel, and with ``row_tasks`` each
+block's output rows cut into that many runs, so the blocks need not divide among the cores (a stem of
+24 channels in blocks of 16 gave one core two thirds of the work at 2 threads; V3's 16-channel stem in
+one block had no parallel work at all). An optional scalar affine
 ``a·x + b`` on the input (Keras' ``Rescaling`` before the stem) is applied to loaded values only,
 so the zero padding stays zero exactly as in the original graph.
 """
@@ -83,6 +86,7 @@ class SpatialKnobs:
     tap_loop: bool = False  # dense, rows=1: a runtime loop over (input channel, kernel row)
     flat: bool = False  # depthwise on a small plane: vectors along the flattened plane (see flat_plane_ok);
     # with flat, ``vectors`` is how many vectors a block of straight-line code holds (0: the whole plane)
+    row_tasks: int = 0  # dense, parallel: each block of output channels' rows in this many tasks (0: one)
 
 
 def supported(kernel: int, stride: int) -> bool:
@@ -98,6 +102,9 @@ def candidates(shape: SpatialShape, lanes: int, cores: int) -> list[SpatialKnobs
     else:
         knobs = [SpatialKnobs(v, r, b, parallel) for v, r, b in ((1, 1, 8), (2, 1, 4), (2, 1, 8), (1, 1, 16))]
         knobs += [SpatialKnobs(v, 1, b, parallel, tap_loop=True) for v, b in ((2, 8), (2, 12), (1, 16), (3, 8), (4, 4))]
+        if parallel:  # channels that blocks do not divide evenly among the cores: the rows too
+            knobs += [dataclasses.replace(k, row_tasks=cores) for k in knobs
+                      if shape.c_out % (k.out_block * cores) and shape.out_height >= 2 * cores]
     return with_serial(knobs, shape.macs(), cores)
 
 
@@ -500,6 +507,7 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
         raise ValueError(f"no flattened-plane kernel for {shape}")
     OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
     groups = CO if shape.depthwise else -(-CO // OB)
+    runs = row_runs(OH, knobs.row_tasks if knobs.parallel and not shape.depthwise else 0)
     taps = shape.kernel ** 2 * (1 if shape.depthwise else CI)
     with prim_func(name) as fn:
         X = buffer_arg("x", (N, CI, H, W))
@@ -511,14 +519,17 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
             em = Emitter(shape, epilogue, knobs, lanes, Xf, Wf, B, Yf,
                          in_row=lambda ci, iy: (n * CI + ci) * (H * W) + iy * W,
                          out_row=lambda co, oy: (n * CO + co) * (OH * OW) + oy * OW)
-            with parallel_or_serial(knobs.parallel)(0, groups) as g:
+            with parallel_or_serial(knobs.parallel)(0, groups * len(runs)) as task:
+                # run-major: TVM gives each core a contiguous range of tasks, so each gets one run of every block
+                g = task % groups if len(runs) > 1 else task
+
                 # output channels of this group: [g·OB, g·OB + OB); the last group of a dense conv may be short
                 def body(outs: int):
                     em.group(g * OB, outs, [g] if shape.depthwise else list(range(CI)))
                     if knobs.flat:
                         em.flat_plane(lanes)
                     else:
-                        em.row_range(0, OH)
+                        _chain(task // groups, [lambda lo=lo, hi=hi: em.row_range(lo, hi) for lo, hi in runs])
 
                 last = CO - (groups - 1) * OB
                 if shape.depthwise or last == OB:
@@ -530,3 +541,21 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
                         with T.Else():
                             body(last)
     return fn.func
+
+
+def row_runs(rows: int, tasks: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` runs of output rows for ``tasks`` tasks (one run of all rows for 0 or 1)."""
+    bounds = [rows * i // max(1, tasks) for i in range(max(1, tasks) + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def _chain(index, emits: list, first: int = 0) -> None:
+    """``emits[index]()`` for a runtime ``index``, as an if-else chain (the code of each is static)."""
+    if first == len(emits) - 1:
+        emits[first]()
+        return
+    with T.If(index == first):
+        with T.Then():
+            emits[first]()
+        with T.Else():
+            _chain(index, emits, first + 1)
