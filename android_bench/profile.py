@@ -6,6 +6,10 @@ own cost; that floor is measured on the VM's trivial built-ins (``vm.builtin.*``
 to nothing) and subtracted. The end-to-end time comes from runs without the instrument, interleaved
 with the instrumented ones, so ``overhead = end_to_end − Σ kernels`` is what the VM, allocation and
 thread-pool wake-ups cost beyond our kernels. In-process only: an instrument cannot cross RPC.
+
+Only the bytecode VM calls an instrument: a library built with the compiled VM (``onexn-tvm``'s
+default) is timed end to end as it is, and its kernels through a ``--vm bytecode`` twin built from
+the same work dir (the same kernels and knobs; only the VM's main function differs).
 """
 from __future__ import annotations
 
@@ -55,15 +59,17 @@ def apportion_fused(calls_ms: dict, sidecar: dict) -> dict:
     return dict(split)
 
 
-def profile(library, sidecar: dict, x: np.ndarray, *, rounds: int = 20, warmup: int = 5) -> dict:
+def profile(library, sidecar: dict, x: np.ndarray, *, rounds: int = 20, warmup: int = 5, traced_library=None) -> dict:
     """``{"end_to_end_ms", "kernels_ms", "overhead_ms", "groups_ms": {group: ms}, "calls_ms": {name: ms},
-    "instrument_floor_ms"}``, medians over ``rounds`` (each group: the median round's sum)."""
+    "instrument_floor_ms"}``, medians over ``rounds`` (each group: the median round's sum). The calls
+    are timed in ``traced_library`` (default: ``library`` itself), which must run on the bytecode VM."""
     import tvm
     from tvm import relax
 
     lib = tvm.runtime.load_module(str(library))
     plain = relax.VirtualMachine(lib, tvm.cpu())
-    traced = relax.VirtualMachine(lib, tvm.cpu())
+    traced_lib = lib if traced_library is None else tvm.runtime.load_module(str(traced_library))
+    traced = relax.VirtualMachine(traced_lib, tvm.cpu())
     tensor = tvm.runtime.tensor(x)
     durations: dict = collections.defaultdict(float)
     counts: dict = collections.Counter()
@@ -92,6 +98,9 @@ def profile(library, sidecar: dict, x: np.ndarray, *, rounds: int = 20, warmup: 
         counts.clear()
         run_traced(tensor)
         per_round.append((dict(durations), dict(counts)))
+        if not counts:
+            raise ValueError(f"{traced_library or library}: no call reached the VM instrument (a library built with "
+                             "onexn-tvm --vm compiled); time its calls in a --vm bytecode build of the same model")
     floors = [d[s] / c[s] for d, c in per_round for s in _TRIVIAL if c.get(s)]
     floor = float(np.median(floors)) if floors else 0.0
     groups = role_groups(sidecar)

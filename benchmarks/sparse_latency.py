@@ -318,12 +318,29 @@ def profile_child(args):
     """Child process (TVM_NUM_THREADS set by the parent): the VM-instrument profile of one library."""
     from android_bench import profile
 
-    library, onnx_path = args.profile_time.split("|")
+    library, traced, onnx_path = args.profile_time.split("|")
     from export.tvm import compiler
 
     sidecar = json.loads(compiler.sidecar_path(Path(library)).read_text())
-    result = profile.profile(library, sidecar, _input({"onnx": onnx_path}), rounds=30)
+    result = profile.profile(library, sidecar, _input({"onnx": onnx_path}), rounds=30, traced_library=traced)
     print(json.dumps(result))
+
+
+def bytecode_twin(library: str, threads: int, twins: Path) -> str:
+    """A ``--vm bytecode`` build of a compiled-VM library's model, for the VM instrument: the same ONNX,
+    options and work dir, so the same kernels with the same knobs (nothing is measured again)."""
+    from export.tvm import compiler
+
+    sidecar = json.loads(compiler.sidecar_path(Path(library)).read_text())
+    if sidecar.get("vm", "bytecode") == "bytecode":
+        return library
+    twin = twins / f"threads{threads}" / Path(library).name
+    twin.parent.mkdir(parents=True, exist_ok=True)
+    bsr = sidecar["bsr"]
+    options = {"dense": True} if bsr is None else {"bsr": bsr["bsr"], "min_sparsity": bsr["min_sparsity"]}
+    _build(sidecar["source"]["onnx"], twin, Path(sidecar["tuning"]["work_dir"]), num_cores=threads, vm="bytecode",
+           **options)
+    return str(twin)
 
 
 def profile_all(args):
@@ -345,7 +362,9 @@ def profile_all(args):
                 if s["bsr"] == 4 and s["sparsity"] in (0.5, 0.9)]
             for label, p, library in targets:
                 env = dict(os.environ, TVM_NUM_THREADS=str(threads))
-                cmd = [sys.executable, __file__, "--out", str(args.out), "--profile-time", f"{library}|{entry['onnx']}"]
+                traced = bytecode_twin(library, threads, args.out / name / "bytecode_twins")
+                cmd = [sys.executable, __file__, "--out", str(args.out), "--profile-time",
+                       f"{library}|{traced}|{entry['onnx']}"]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 sidecar = json.loads(compiler.sidecar_path(Path(library)).read_text())

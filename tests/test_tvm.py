@@ -159,6 +159,31 @@ def test_compile_small_graph_rewrites_and_matches_onnxruntime(tmp_path, rng):
     assert json.loads(compiler.sidecar_path(out).read_text())["layers"] == sidecar["layers"]
 
 
+def test_compiled_and_bytecode_vm_builds_agree_and_profile_through_the_bytecode_one(tmp_path, rng):
+    """The default build runs the model's main function as machine code; a ``--vm bytecode`` build of
+    the same graph gives the same outputs, and only it reaches the profile's VM instrument."""
+    from android_bench import profile
+
+    model_path = save(conv_graph(rng, p=0.6, size=8), tmp_path / "g.onnx")
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    built = {}
+    for vm in compiler.VM_MODES:
+        out = tmp_path / vm / "g.so"
+        sidecar = compiler.compile_onnx(model_path, out, options=compiler.Options(tune_kernels=False, progress=False,
+                                                                                    vm=vm), log=lambda *_: None)
+        assert sidecar["vm"] == vm and sidecar["verification"]["passed"]
+        built[vm] = (out, sidecar, load_and_run(out, x))
+    want = run_ort(onnx.load(str(model_path)), x)
+    assert want.std() > 0.1
+    for _, _, got in built.values():
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    compiled, sidecar, _ = built["compiled"]
+    with pytest.raises(ValueError, match="no call reached the VM instrument"):
+        profile.profile(compiled, sidecar, x, rounds=2, warmup=1)
+    result = profile.profile(compiled, sidecar, x, rounds=2, warmup=1, traced_library=built["bytecode"][0])
+    assert result["kernels_ms"] > 0 and set(result["calls_ms"]) >= {k["name"] for k in sidecar["kernels"]}
+
+
 def test_knob_search_and_dense_tuning_reuse_their_records(tmp_path, rng):
     model_path = save(conv_graph(rng, pad=False, size=8, tail="Sigmoid"), tmp_path / "g.onnx")
     work = tmp_path / "tuning"
@@ -514,6 +539,7 @@ def small_onnx(tmp_path, rng):
     (["--bsr", "3"], "bsr=3"),
     (["--out-suffix", ".zip"], "must end in .so or .tar"),
     (["--target", "android-arm64"], "TVM_NDK_CC"),
+    (["--vm", "jit"], "--vm=jit must be one of compiled, bytecode"),
 ])
 def test_cli_usage_errors_exit_2(small_onnx, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.delenv("TVM_NDK_CC", raising=False)

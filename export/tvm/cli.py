@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-4, help="allowed max |tvm - onnxruntime| / max |onnxruntime|")
     p.add_argument("--samples", type=int, default=2, help="random inputs for verification")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vm", default="compiled", help="the Relax VM's main function: compiled (machine code) or "
+                   "bytecode (interpreted; what a per-kernel profile needs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="replace an existing --out library and its sidecar")
     return p
@@ -65,7 +67,7 @@ def options_from(args):
     return compiler.Options(target=args.target, mcpu=args.mcpu, num_cores=args.num_cores, bsr=args.bsr,
                             bsc=args.bsc, min_sparsity=args.min_sparsity, dense=args.dense, trials=args.trials,
                             tune_kernels=not args.no_tune_kernels, rpc=rpc, rtol=args.rtol, samples=args.samples,
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, progress=not args.quiet, vm=args.vm)
 
 
 def main(args) -> int:
