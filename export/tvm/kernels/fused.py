@@ -146,15 +146,7 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
     dw_rows = knobs.dw_rows if band % knobs.dw_rows == 0 else 1
     dw_knobs = spatial.SpatialKnobs(knobs.dw_vectors, dw_rows, 1, False)
     with prim_func(name) as fn:
-        X = buffer_arg("x", (N, CI, H, W))
-        D = buffer_arg("data", (max(pw.nnz, 1) * R,))
-        O = buffer_arg("offsets", (max(pw.nnz, 1),), "int32")
-        IP = buffer_arg("indptr", (rows_pw + 1,), "int32")
-        BP = buffer_arg("pw_bias", (rows_pw * R,))
-        Wd = buffer_arg("w", (C, K * K))
-        BD = buffer_arg("bias", (C,))
-        Y = buffer_arg("y", (N, C, OH, OW))
-        Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * C * OH * OW), flat(Wd, C * K * K)
+        Xf, D, O, IP, BP, Wf, BD, Yf = _arguments(shape, rows_pw + 1)
         with T.serial(0, N) as n:
             with parallel_or_serial(knobs.parallel)(0, bands) as b:
                 scratch = T.alloc_buffer((rows_pw * R * PB,), "float32", scope="global")
@@ -201,28 +193,37 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
     return fn.func
 
 
+def _arguments(shape: FusedShape, indptr_length: int) -> tuple:
+    """Both generators' arguments, ``(x, data, offsets, indptr, pw_bias, w, bias, y)``, with x, w and y as
+    flat views; ``indptr`` holds ``indptr_length`` entries (the tasks' bounds follow the rows')."""
+    pw, dw = shape.pointwise, shape.depthwise
+    N, CI, H, W, C, R, K = pw.batch, pw.c_in, pw.height, pw.width, pw.c_out, pw.bsr, dw.kernel
+    X = buffer_arg("x", (N, CI, H, W))
+    D = buffer_arg("data", (max(pw.nnz, 1) * R,))
+    O = buffer_arg("offsets", (max(pw.nnz, 1),), "int32")
+    IP = buffer_arg("indptr", (indptr_length,), "int32")
+    BP = buffer_arg("pw_bias", (pw.block_rows * R,))
+    Wd = buffer_arg("w", (C, K * K))
+    BD = buffer_arg("bias", (C,))
+    Y = buffer_arg("y", (N, C, dw.out_height, dw.out_width))
+    Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * C * dw.out_height * dw.out_width), flat(Wd, C * K * K)
+    return Xf, D, O, IP, BP, Wf, BD, Yf
+
+
 def _generate_tasks(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: int, name: str):
     """The pair split by channels (``knobs.tasks``): the same arguments as :func:`generate`, ``indptr``
     followed by the tasks' block-row bounds (:func:`constants_for`)."""
     pw, dw, pw_epi = shape.pointwise, shape.depthwise, shape.pointwise_epilogue
-    N, CI, H, W, C, R = pw.batch, pw.c_in, pw.height, pw.width, pw.c_out, pw.bsr
-    K, OH, OW, P = dw.kernel, dw.out_height, dw.out_width, pw.height * pw.width
+    N, CI, W, C, R = pw.batch, pw.c_in, pw.width, pw.c_out, pw.bsr
+    OH, OW, P = dw.out_height, dw.out_width, pw.height * pw.width
     if not channel_tasks_ok(shape, knobs.tasks) or (knobs.dw_flat and not spatial.flat_plane_ok(dw)):
         raise ValueError(f"no channel-task fused kernel for {shape} with {knobs}")
     rows_pw, tasks = pw.block_rows, knobs.tasks
     tl = pointwise.tiling(P, lanes, knobs.vectors)
-    dw_rows = knobs.dw_rows if knobs.dw_rows >= 1 else 1
+    dw_rows = max(1, knobs.dw_rows)
     dw_knobs = spatial.SpatialKnobs(knobs.dw_vectors, dw_rows, 1, False, flat=knobs.dw_flat)
     with prim_func(name) as fn:
-        X = buffer_arg("x", (N, CI, H, W))
-        D = buffer_arg("data", (max(pw.nnz, 1) * R,))
-        O = buffer_arg("offsets", (max(pw.nnz, 1),), "int32")
-        IP = buffer_arg("indptr", (rows_pw + 1 + tasks + 1,), "int32")
-        BP = buffer_arg("pw_bias", (rows_pw * R,))
-        Wd = buffer_arg("w", (C, K * K))
-        BD = buffer_arg("bias", (C,))
-        Y = buffer_arg("y", (N, C, OH, OW))
-        Xf, Yf, Wf = flat(X, N * CI * H * W), flat(Y, N * C * OH * OW), flat(Wd, C * K * K)
+        Xf, D, O, IP, BP, Wf, BD, Yf = _arguments(shape, rows_pw + 1 + tasks + 1)
         with T.serial(0, N) as n:
             with T.parallel(0, tasks) as w:
                 scratch = T.alloc_buffer((rows_pw * R * P,), "float32", scope="global")

@@ -50,8 +50,8 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (PREFETCH_BYTES, Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial,
-                                    plane_lanes, prefetch, prim_func, registers, vector_registers, vload, vstore,
-                                    with_serial)
+                                    plane_lanes, prefetch, prim_func, registers, row_ranges, vector_registers, vload,
+                                    vstore, with_serial)
 
 
 # The largest maps whose block rows the tasks may split (``share="rows"``). 14×14 maps were left out
@@ -141,13 +141,6 @@ def tiling(P: int, lanes: int, vectors: int, first: int = 0, count: int | None =
     tiles = -(-count // m)
     base, extra = divmod(count, tiles)
     return Tiling(V, count, tiles, base, extra, first)
-
-
-def row_ranges(rows: int, workers: int) -> list[tuple[int, int]]:
-    """``(first, count)`` of each of ``workers`` runs over ``rows`` items, as equal as whole items allow;
-    runs with no item are left out."""
-    bounds = [rows * i // workers for i in range(workers + 1)]
-    return [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def worker_ranges(P: int, lanes: int, workers: int) -> list[tuple[int, int]]:

@@ -38,7 +38,7 @@ from tvm import tirx
 from tvm.tirx.script import builder as T
 
 from export.tvm.kernels.tir import (Epilogue, bcast, buffer_arg, f32, flat, parallel_or_serial, plane_lanes,
-                                    prim_func, registers, vload, vstore, with_serial)
+                                    prim_func, registers, row_ranges, vload, vstore, with_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,7 +507,8 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
         raise ValueError(f"no flattened-plane kernel for {shape}")
     OB = 1 if shape.depthwise else max(1, min(knobs.out_block, CO))
     groups = CO if shape.depthwise else -(-CO // OB)
-    runs = row_runs(OH, knobs.row_tasks if knobs.parallel and not shape.depthwise else 0)
+    tasks = knobs.row_tasks if knobs.parallel and not shape.depthwise else 0
+    runs = [(first, first + count) for first, count in row_ranges(OH, max(1, tasks))]
     taps = shape.kernel ** 2 * (1 if shape.depthwise else CI)
     with prim_func(name) as fn:
         X = buffer_arg("x", (N, CI, H, W))
@@ -541,12 +542,6 @@ def generate(shape: SpatialShape, epilogue: Epilogue, knobs: SpatialKnobs, lanes
                         with T.Else():
                             body(last)
     return fn.func
-
-
-def row_runs(rows: int, tasks: int) -> list[tuple[int, int]]:
-    """``[lo, hi)`` runs of output rows for ``tasks`` tasks (one run of all rows for 0 or 1)."""
-    bounds = [rows * i // max(1, tasks) for i in range(max(1, tasks) + 1)]
-    return list(zip(bounds, bounds[1:]))
 
 
 def _chain(index, emits: list, first: int = 0) -> None:

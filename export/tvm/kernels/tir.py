@@ -150,6 +150,13 @@ def parallel_or_serial(parallel: bool):
     return T.parallel if parallel else T.serial
 
 
+def row_ranges(rows: int, workers: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of each of ``workers`` runs over ``rows`` items, as equal as whole items allow;
+    runs with no item are left out."""
+    bounds = [rows * i // workers for i in range(workers + 1)]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def plane_lanes(P: int, lanes: int) -> int:
     """Vector width over a plane of ``P`` pixels: the target's lanes, or the largest power of two that
     fits a smaller plane."""
