@@ -349,9 +349,28 @@ def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, p
     assert {k.band for k in knobs if not k.tasks} >= ({2, 4} if size[0] > 9 else set())
     assert any(k.tasks == 2 for k in knobs) == (pw.pixels <= 256)
     assert any(k.dw_flat for k in knobs) == (pw.pixels <= 256 and stride == 1)
+    one_core = [k for k in fused.candidates(shape, lanes, 1) if k.tasks]
+    assert {k.tasks for k in one_core} == {1} and not any(k.parallel for k in one_core)
+    knobs += one_core
     kernel_ = Kernel("fused", shape, dw_epi)
     for k in knobs:
         close(run(kernel_, k, lanes, [x] + kernel_.constants_for(k, consts)), want)
+
+
+def test_fused_tasks_share_the_pairs_work():
+    """The tasks' block-row bounds balance the pair's multiply-adds, not only the pointwise blocks: with
+    the blocks all in the first rows, the depthwise work of the others still counts."""
+    from export.tvm.kernels import fused
+
+    pw = pointwise.PointwiseShape(1, 16, 10, 10, 64, 4, 32)
+    dw = spatial.SpatialShape(1, 64, 10, 10, 64, 3, 1, (1, 1, 1, 1), depthwise=True)
+    shape = fused.FusedShape(pw, Epilogue(True, 0.0, 6.0), dw)
+    indptr = np.array([0, 8, 16, 24, 32] + [32] * 12, np.int32)  # 16 block rows, blocks in the first 4
+    bounds = fused.task_bounds(shape, indptr, 2)
+    work = indptr * 4 * 100 + np.arange(17) * 4 * 100 * 9
+    shares = np.diff(work[bounds])
+    assert bounds[0] == 0 and bounds[-1] == 16 and shares.max() - shares.min() <= 4 * 100 * (8 + 9)
+    assert list(pointwise.balanced_rows(indptr, 2)) == [0, 2, 16]  # blocks alone: 2 rows against 14
 
 
 def test_pointwise_chunked_tails_offered():

@@ -3,21 +3,25 @@ expand → depthwise, V1's pointwise → depthwise), in row bands, so the expand
 written out: at 112×112×96 it is 4.8 MB, which the two kernels apart write to and read back from
 memory (at 90 % sparsity that traffic, not arithmetic, is what the pair costs).
 
-Per band of ``band`` depthwise output rows (bands in parallel, each with its own scratch): the
-pointwise kernel computes the input rows the band needs — a window of ``(band-1)·stride + K`` rows,
-clamped into the image — for every channel into an L2-sized scratch, with the same micro-tiles as
-:mod:`pointwise`; then the depthwise kernel of :mod:`spatial` reads the scratch instead of a whole
-tensor. Windows of neighbouring bands overlap by ``K - stride`` rows, which are computed twice: the
-knob search weighs that against the memory traffic saved, and keeps the two kernels apart
-(``split``) when fusing does not pay.
+Per band of ``band`` depthwise output rows (bands in parallel): the input rows the band needs — a
+window of ``(band-1)·stride + K`` rows, clamped into the image — one block row at a time: the
+pointwise kernel computes the block row's ``bsr`` channels of the window into a scratch, with the same
+micro-tiles as :mod:`pointwise`, and the depthwise kernel of :mod:`spatial` reads those planes from
+the scratch straight after. The scratch holds one block row, so it stays in L1 (V2's 80×80 16 → 96
+pair at p = 0.9, 1 core of a Zen 5: 42 µs, against 60 with every channel of the window in an
+L2-sized scratch; the pointwise part's stores and the depthwise part's loads went to L2). Windows of
+neighbouring bands overlap by ``K - stride`` rows, which are computed twice: the knob search weighs
+that against the memory traffic saved, and keeps the two kernels apart (``split``) when fusing does
+not pay.
 
-On small maps with several cores (``tasks``) the pair is split by channels instead: each task takes a
-run of the pointwise layer's block rows holding as many stored blocks as the others, computes those
-output channels over the whole plane into its scratch and then their depthwise planes, so the
-depthwise layer reads only what its own core just wrote and the pair is one parallel launch, not
-two. A 10×10 map has 3 bands of 4 rows for 2 cores; there, as on 7×7 and 14×14 maps, the pair used
-to run apart, each half paying its own launch, join and the crossing of the whole tensor between
-the cores.
+With ``tasks`` the pair runs over whole planes instead: each task takes a run of the pointwise
+layer's block rows, balanced by multiply-adds, and for each block row computes its channels over the
+whole plane, then their depthwise planes. On small maps with several cores this splits the pair by
+channels: the depthwise layer reads only what its own core just wrote, and the pair is one parallel
+launch, not two (a 10×10 map has 3 bands of 4 rows for 2 cores; there, as on 7×7 and 14×14 maps, the
+pair used to run apart, each half paying its own launch, join and the crossing of the whole tensor
+between the cores). On one core it computes no row twice (V2's 20×20 24 → 144 pair at p = 0.9: 10.9
+µs, against 11.4 apart).
 """
 from __future__ import annotations
 
@@ -62,6 +66,11 @@ class FusedKnobs:
     dw_flat: bool = False  # with tasks: the depthwise planes flattened (spatial.flat_plane_ok)
 
 
+# One core runs the pair block row by block row over whole planes (``tasks`` = 1) only where one block
+# row's planes (bsr × H × W floats) fit in this (L1): 20×20 or 28×28 at bsr 4, not 56×56.
+TASK_SCRATCH_BYTES = 32 * 1024
+
+
 def window(shape: FusedShape, band: int) -> int:
     """Input rows a band of ``band`` output rows reads (its scratch height)."""
     dw = shape.depthwise
@@ -98,26 +107,43 @@ def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
             out.append(FusedKnobs(band, widest, dw_vectors, dw_rows, parallel))
     if channel_tasks_ok(shape, cores):
         whole = shape.depthwise.out_height
-        out += [FusedKnobs(whole, widest, v, r, True, tasks=cores) for v, r in ((2, 1), (1, 2))]
+        out += [FusedKnobs(whole, widest, v, r, parallel, tasks=cores) for v, r in ((2, 1), (1, 2))]
         if spatial.flat_plane_ok(shape.depthwise):
-            out.append(FusedKnobs(whole, widest, 0, 1, True, tasks=cores, dw_flat=True))
+            out.append(FusedKnobs(whole, widest, 0, 1, parallel, tasks=cores, dw_flat=True))
     return out
 
 
 def channel_tasks_ok(shape: FusedShape, cores: int) -> bool:
-    """Whether the pair may be split by channels (``tasks``): several cores, a small map (the
-    pointwise layer's own block-row tasks' limit) and at least two block rows a task."""
+    """Whether the pair may run block row by block row over whole planes (``tasks``: one run of block
+    rows per core, at least two rows each). With several cores only on small maps, which have too few
+    bands for the cores (the pointwise layer's own block-row tasks' limit); on one core wherever a
+    block row's planes stay in L1, as they then need no rows computed twice, as bands do."""
     pw = shape.pointwise
-    return cores > 1 and pw.pixels <= pointwise.ROW_SHARE_PIXELS and pw.block_rows >= 2 * cores
+    if cores > 1:
+        small = pw.pixels <= pointwise.ROW_SHARE_PIXELS
+    else:
+        small = pw.bsr * pw.pixels * 4 <= TASK_SCRATCH_BYTES
+    return small and pw.block_rows >= 2 * cores
 
 
 def constants_for(shape: FusedShape, knobs: FusedKnobs, constants: list) -> list:
-    """With ``tasks``, the tasks' block-row bounds follow ``indptr`` (:func:`pointwise.balanced_rows`)."""
+    """With ``tasks``, the tasks' block-row bounds (:func:`task_bounds`) follow ``indptr``."""
     if not knobs.tasks or knobs.split:
         return constants
     data, offsets, indptr, *rest = constants
-    bounds = pointwise.balanced_rows(indptr, knobs.tasks)
+    bounds = task_bounds(shape, indptr, knobs.tasks)
     return [data, offsets, np.concatenate([indptr, bounds]).astype(np.int32), *rest]
+
+
+def task_bounds(shape: FusedShape, indptr: np.ndarray, tasks: int) -> np.ndarray:
+    """``tasks + 1`` block-row bounds giving each task as equal a share of the pair's multiply-adds as
+    whole rows allow: a row's pointwise work is its stored blocks', its depthwise work the same for
+    every row (at p = 0.9 the depthwise layer does most of the work, so blocks alone would not do)."""
+    pw, dw = shape.pointwise, shape.depthwise
+    per_block = pw.bsr * pw.pixels
+    per_row = pw.bsr * dw.out_height * dw.out_width * dw.kernel * dw.kernel
+    work = np.asarray(indptr, np.float64) * per_block + np.arange(len(indptr)) * per_row
+    return pointwise.balanced_rows(work, tasks)
 
 
 def default_knobs(shape: FusedShape, lanes: int, cores: int) -> FusedKnobs:
@@ -149,47 +175,48 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
         Xf, D, O, IP, BP, Wf, BD, Yf = _arguments(shape, rows_pw + 1)
         with T.serial(0, N) as n:
             with parallel_or_serial(knobs.parallel)(0, bands) as b:
-                scratch = T.alloc_buffer((rows_pw * R * PB,), "float32", scope="global")
-                Ef = flat(scratch, rows_pw * R * PB)
+                scratch = T.alloc_buffer((R * PB,), "float32", scope="global")
+                Ef = flat(scratch, R * PB)
                 s0 = tirx.max(0, tirx.min(b * (band * S) - pt, H - RW))  # first input row of the window
                 tile = pointwise.tile_emitter(pw, pw_epi, tl, PB, 1, D, O, IP, BP, Xf, Ef, None,
                                               x_base=lambda n_: n_ * (CI * H * W) + s0 * W,
-                                              out_at=lambda n_, row, pixel: row * PB + pixel, guard_rows=False)
+                                              out_at=lambda n_, row, pixel: _in_block(row, R) * PB + pixel,
+                                              guard_rows=False)
                 with T.serial(0, rows_pw) as rb:
                     with T.serial(0, tl.tiles) as t:
                         tile(n, rb, t)
 
-                def depthwise(first_row, emit):
-                    em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
-                                         in_row=lambda ci, iy: ci * PB + (iy - first_row) * W,
-                                         out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
-                    with T.serial(0, C) as c:
-                        em.group(c, 1, [c])
-                        emit(em)
+                    def depthwise(first_row, emit):
+                        em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
+                                             in_row=lambda ci, iy: _in_block(ci, R) * PB + (iy - first_row) * W,
+                                             out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
+                        with T.serial(0, _block_channels(rb, R, C)) as r:
+                            em.group(rb * R + r, 1, [rb * R + r])
+                            emit(em)
 
-                def static_band(index):
-                    lo, hi = index * band, min(OH, index * band + band)
-                    depthwise(max(0, min(index * band * S - pt, H - RW)), lambda em: em.row_range(lo, hi))
+                    def static_band(index):
+                        lo, hi = index * band, min(OH, index * band + band)
+                        depthwise(max(0, min(index * band * S - pt, H - RW)), lambda em: em.row_range(lo, hi))
 
-                def middle_band(em):
-                    for block in range(band // dw_rows):
-                        em.rows([b * band + block * dw_rows + r for r in range(dw_rows)], list(range(K)))
+                    def middle_band(em):
+                        for block in range(band // dw_rows):
+                            em.rows([b * band + block * dw_rows + r for r in range(dw_rows)], list(range(K)))
 
-                if bands == 1:
-                    static_band(0)
-                else:
-                    with T.If(b == 0):
-                        with T.Then():
-                            static_band(0)
-                        with T.Else():
-                            if bands == 2:
-                                static_band(1)
-                            else:
-                                with T.If(b == bands - 1):
-                                    with T.Then():
-                                        static_band(bands - 1)
-                                    with T.Else():
-                                        depthwise(b * (band * S) - pt, middle_band)
+                    if bands == 1:
+                        static_band(0)
+                    else:
+                        with T.If(b == 0):
+                            with T.Then():
+                                static_band(0)
+                            with T.Else():
+                                if bands == 2:
+                                    static_band(1)
+                                else:
+                                    with T.If(b == bands - 1):
+                                        with T.Then():
+                                            static_band(bands - 1)
+                                        with T.Else():
+                                            depthwise(b * (band * S) - pt, middle_band)
     return fn.func
 
 
@@ -225,24 +252,35 @@ def _generate_tasks(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, la
     with prim_func(name) as fn:
         Xf, D, O, IP, BP, Wf, BD, Yf = _arguments(shape, rows_pw + 1 + tasks + 1)
         with T.serial(0, N) as n:
-            with T.parallel(0, tasks) as w:
-                scratch = T.alloc_buffer((rows_pw * R * P,), "float32", scope="global")
-                Ef = flat(scratch, rows_pw * R * P)
+            with parallel_or_serial(knobs.parallel and tasks > 1)(0, tasks) as w:
+                scratch = T.alloc_buffer((R * P,), "float32", scope="global")
+                Ef = flat(scratch, R * P)
                 first, last = IP[rows_pw + 1 + w], IP[rows_pw + 2 + w]
                 tile = pointwise.tile_emitter(pw, pw_epi, tl, P, 1, D, O, IP, BP, Xf, Ef, None,
                                               x_base=lambda n_: n_ * (CI * P),
-                                              out_at=lambda n_, row, pixel: row * P + pixel, guard_rows=False)
-                with T.serial(0, last - first) as i:  # (a loop from first to last, not from 0, computed wrong rows)
-                    with T.serial(0, tl.tiles) as t:
-                        tile(n, first + i, t)
+                                              out_at=lambda n_, row, pixel: _in_block(row, R) * P + pixel,
+                                              guard_rows=False)
                 em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
-                                     in_row=lambda ci, iy: ci * P + iy * W,
+                                     in_row=lambda ci, iy: _in_block(ci, R) * P + iy * W,
                                      out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
-                with T.serial(0, tirx.min(last * R, C) - first * R) as i:
-                    c = first * R + i
-                    em.group(c, 1, [c])
-                    if knobs.dw_flat:
-                        em.flat_plane(lanes)
-                    else:
-                        em.row_range(0, OH)
+                with T.serial(0, last - first) as i:  # (a loop from first to last, not from 0, computed wrong rows)
+                    rb = first + i
+                    with T.serial(0, tl.tiles) as t:
+                        tile(n, rb, t)
+                    with T.serial(0, _block_channels(rb, R, C)) as r:
+                        em.group(rb * R + r, 1, [rb * R + r])
+                        if knobs.dw_flat:
+                            em.flat_plane(lanes)
+                        else:
+                            em.row_range(0, OH)
     return fn.func
+
+
+def _in_block(channel, R: int):
+    """A channel's place in its block row's scratch (the scratch holds one block row at a time)."""
+    return tirx.floormod(channel, R)
+
+
+def _block_channels(rb, R: int, C: int):
+    """The channels of block row ``rb`` (fewer than ``R`` in a partial last block row)."""
+    return R if C % R == 0 else tirx.min(R, C - rb * R)

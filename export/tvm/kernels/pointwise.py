@@ -328,9 +328,10 @@ def row_shares(knobs: PointwiseKnobs) -> int:
 
 def balanced_rows(indptr: np.ndarray, tasks: int) -> np.ndarray:
     """``tasks + 1`` block-row bounds giving each task as equal a number of stored blocks as whole rows
-    allow (a task's time is its blocks'; at p = 0.5 equal runs of rows differ in blocks by several %)."""
-    nnz = int(indptr[-1])
-    targets = [nnz * i / tasks for i in range(tasks + 1)]
+    allow (a task's time is its blocks'; at p = 0.5 equal runs of rows differ in blocks by several %).
+    ``indptr`` may be any cumulative work per block row."""
+    total = float(indptr[-1])
+    targets = [total * i / tasks for i in range(tasks + 1)]
     bounds = [int(np.argmin(np.abs(indptr - t))) for t in targets]
     bounds[0], bounds[-1] = 0, len(indptr) - 1
     return np.maximum.accumulate(np.array(bounds, np.int32))
