@@ -146,7 +146,8 @@ def markdown(report: dict) -> str:
                 ""]
         out += ["Both TVM builds run every operation on our own NCHW kernels with knobs measured on this machine "
                 "(the dense build is the same kernels with every matrix dense), so *vs TVM dense* isolates what the "
-                "1×N blocks buy; *vs best dense* (against onnxruntime and TFLite) is the comparison that counts.", ""]
+                "1×N blocks buy; *vs best dense* (against the fastest of onnxruntime, TFLite and TVM dense) is the "
+                "comparison that counts.", ""]
         arm = latency.get("arm")
         if arm:
             out += ["## Emulated ARM device (qemu)", "",
