@@ -182,41 +182,42 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
                                               x_base=lambda n_: n_ * (CI * H * W) + s0 * W,
                                               out_at=lambda n_, row, pixel: _in_block(row, R) * PB + pixel,
                                               guard_rows=False)
+
+                def depthwise(rb, first_row, emit):
+                    """``emit(em)`` for each channel of block row ``rb``, its window's first row ``first_row``."""
+                    em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
+                                         in_row=lambda ci, iy: _in_block(ci, R) * PB + (iy - first_row) * W,
+                                         out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
+                    with T.serial(0, _block_channels(rb, R, C)) as r:
+                        em.group(rb * R + r, 1, [rb * R + r])
+                        emit(em)
+
+                def static_band(rb, index):
+                    lo, hi = index * band, min(OH, index * band + band)
+                    depthwise(rb, max(0, min(index * band * S - pt, H - RW)), lambda em: em.row_range(lo, hi))
+
+                def middle_band(em):
+                    for block in range(band // dw_rows):
+                        em.rows([b * band + block * dw_rows + r for r in range(dw_rows)], list(range(K)))
+
                 with T.serial(0, rows_pw) as rb:
                     with T.serial(0, tl.tiles) as t:
                         tile(n, rb, t)
-
-                    def depthwise(first_row, emit):
-                        em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
-                                             in_row=lambda ci, iy: _in_block(ci, R) * PB + (iy - first_row) * W,
-                                             out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)
-                        with T.serial(0, _block_channels(rb, R, C)) as r:
-                            em.group(rb * R + r, 1, [rb * R + r])
-                            emit(em)
-
-                    def static_band(index):
-                        lo, hi = index * band, min(OH, index * band + band)
-                        depthwise(max(0, min(index * band * S - pt, H - RW)), lambda em: em.row_range(lo, hi))
-
-                    def middle_band(em):
-                        for block in range(band // dw_rows):
-                            em.rows([b * band + block * dw_rows + r for r in range(dw_rows)], list(range(K)))
-
                     if bands == 1:
-                        static_band(0)
+                        static_band(rb, 0)
                     else:
                         with T.If(b == 0):
                             with T.Then():
-                                static_band(0)
+                                static_band(rb, 0)
                             with T.Else():
                                 if bands == 2:
-                                    static_band(1)
+                                    static_band(rb, 1)
                                 else:
                                     with T.If(b == bands - 1):
                                         with T.Then():
-                                            static_band(bands - 1)
+                                            static_band(rb, bands - 1)
                                         with T.Else():
-                                            depthwise(b * (band * S) - pt, middle_band)
+                                            depthwise(rb, b * (band * S) - pt, middle_band)
     return fn.func
 
 
@@ -252,7 +253,7 @@ def _generate_tasks(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, la
     with prim_func(name) as fn:
         Xf, D, O, IP, BP, Wf, BD, Yf = _arguments(shape, rows_pw + 1 + tasks + 1)
         with T.serial(0, N) as n:
-            with parallel_or_serial(knobs.parallel and tasks > 1)(0, tasks) as w:
+            with parallel_or_serial(knobs.parallel)(0, tasks) as w:
                 scratch = T.alloc_buffer((R * P,), "float32", scope="global")
                 Ef = flat(scratch, R * P)
                 first, last = IP[rows_pw + 1 + w], IP[rows_pw + 2 + w]
