@@ -184,6 +184,64 @@ def test_compiled_and_bytecode_vm_builds_agree_and_profile_through_the_bytecode_
     assert result["kernels_ms"] > 0 and set(result["calls_ms"]) >= {k["name"] for k in sidecar["kernels"]}
 
 
+POOL_PROBE = """
+import ctypes, json, os, sys
+import numpy as np, tvm
+from tvm import relax
+library, x = sys.argv[1], np.load(sys.argv[2])
+pool = getattr(ctypes.CDLL(library), "onexn_thread_pool_threads", None)  # the handle TVM's loader gets too
+before = pool() if pool else None
+vm = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
+run = lambda: vm["main"](tvm.runtime.tensor(x)).numpy()
+out = run()
+result = {"before": before, "threads": pool() if pool else None, "out": out.tolist()}
+child = os.fork()  # a forked child inherits no pool threads: its pool must start again
+if child == 0:
+    os._exit(0 if np.array_equal(run(), out) else 3)
+result["child_exit"] = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+print(json.dumps(result))
+"""
+
+
+def run_pool_probe(library, x, tmp_path, threads=None):
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", x)
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    if threads:
+        env["TVM_NUM_THREADS"] = str(threads)
+    done = subprocess.run([sys.executable, "-c", POOL_PROBE, str(library), str(tmp_path / "x.npy")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_multi_core_libraries_run_their_parallel_loops_on_our_thread_pool(tmp_path, rng):
+    """A library built for 2 cores carries our thread pool (export/tvm/thread_pool.cc) in place of TVM's:
+    its first parallel loop starts it with the build's 2 threads (TVM_NUM_THREADS, when set, wins), a
+    forked child starts its own, and the outputs match onnxruntime; a 1-core build has no parallel loop
+    and no pool."""
+    model_path = save(conv_graph(rng, p=0.5, c_mid=32, c_out=24, size=64), tmp_path / "g.onnx")
+    x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)
+    want = run_ort(onnx.load(str(model_path)), x)
+    assert want.std() > 0.1
+    libraries = {}
+    for cores in (2, 1):
+        libraries[cores] = tmp_path / f"cores{cores}" / "g.so"
+        sidecar = compiler.compile_onnx(model_path, libraries[cores], log=lambda *_: None,
+                                        options=compiler.Options(num_cores=cores, tune_kernels=False, progress=False))
+        assert sidecar["verification"]["on"] == "the exported library itself"
+    for threads, expected in ((None, 2), (1, 1)):
+        probe = run_pool_probe(libraries[2], x, tmp_path, threads)
+        assert probe["before"] == 0 and probe["threads"] == expected and probe["child_exit"] == 0
+        np.testing.assert_allclose(np.array(probe["out"]), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    one_core = run_pool_probe(libraries[1], x, tmp_path)
+    assert one_core["threads"] is None and one_core["child_exit"] == 0  # TVM's runtime alone
+    np.testing.assert_allclose(np.array(one_core["out"]), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_knob_search_and_dense_tuning_reuse_their_records(tmp_path, rng):
     model_path = save(conv_graph(rng, pad=False, size=8, tail="Sigmoid"), tmp_path / "g.onnx")
     work = tmp_path / "tuning"

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from export.tvm import thread_pool
 from export.tvm.targets import TargetSpec
 from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
-VERSION = 18  # of the kernel generators and the timing method: older measurements are not reused
+VERSION = 19  # of the kernel generators and the timing method: older measurements are not reused
 # Bytes TVM's time_evaluator copies before each timed run: more than the L2 of any core we target (Zen 3:
 # 512 KiB; Zen 4, Zen 5 and phones' big cores: ≤ 1 MiB). Measured on a Zen 5 with V2 at p = 0.9, in
 # the model, paired A/B: evicting the layer's own buffers to memory instead (clflush of every argument
@@ -56,7 +55,6 @@ class _Timer:
         self.repeat = repeat
         self.session = rpc.connect() if rpc else None
         self.device = self.session.cpu() if self.session else tvm.cpu()
-        self.count = 0
         # measure with the threads the build is for (the target's num-cores), not whatever the pool has
         get = self.session.get_function if self.session else tvm.get_global_func
         self._config, self._threads = get("runtime.config_threadpool"), int(get("runtime.NumThreads")())
@@ -67,18 +65,11 @@ class _Timer:
         self._config(1, self._threads)
 
     def load(self, funcs: dict):
+        """The candidates compiled and loaded as they run in a model: on our thread pool when multi-core."""
         import tvm
 
         lib = tvm.compile(tvm.IRModule(funcs), target=self.spec.target())
-        if not self.session:
-            return lib.jit()
-        self.count += 1  # a new file name each time: the device's dlopen caches libraries by path
-        name = f"onexn_candidates_{os.getpid()}_{self.count}.so"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, name)
-            lib.export_library(path, fcompile=self.cross_compiler)
-            self.session.upload(path)
-        return self.session.load_module(name)
+        return thread_pool.load(lib, int(self.spec.config["num-cores"]), self.session, self.cross_compiler)
 
     def time(self, lib, names: list[str], arguments: list[list[np.ndarray]], rounds: int,
              repeat: int | None = None) -> list[float]:

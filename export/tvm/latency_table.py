@@ -142,7 +142,7 @@ def _end_to_end(builds: dict, spec, work_dir: Path, rpc, fcompile, shape, rounds
     import tvm
     from tvm import relax
 
-    from export.tvm import compiler, knob_search, rewrite, tuning
+    from export.tvm import compiler, knob_search, rewrite, thread_pool, tuning
 
     session = rpc.connect() if rpc else None
     device = session.cpu() if session else tvm.cpu()
@@ -151,13 +151,7 @@ def _end_to_end(builds: dict, spec, work_dir: Path, rpc, fcompile, shape, rounds
     for rate, (plan, entries) in builds.items():
         built = compiler.build(tuning.zero_pipeline(rewrite.apply_plan(plan, knob_search.knobs_from(entries, spec),
                                                                        spec.vector_lanes())), spec, work_dir)
-        lib = built
-        if session is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"onexn_latency_table_{time.time_ns()}.so"  # dlopen caches by path
-                built.export_library(str(path), fcompile=fcompile)
-                session.upload(str(path))
-            lib = session.load_module(path.name)
+        lib = thread_pool.load(built, int(spec.config["num-cores"]), session, fcompile)
         vm = relax.VirtualMachine(lib, device)
         vm.set_input("main", tvm.runtime.tensor(x, device=device))
         timers[rate] = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)
