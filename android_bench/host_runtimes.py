@@ -104,25 +104,31 @@ def warm_up(run, runs: int, seconds: float, clock=time.perf_counter) -> int:
 
 
 def pool_probe(threads: int):
-    """A callable giving the round trip (µs) of TVM's thread pool over ``threads`` tasks that do nothing:
-    handing work to the other cores and hearing back, so the time two cores take to see each other's
-    writes. On a cloud host that is where the hypervisor put the vCPUs: on a 2-vCPU AMD EPYC Zen 5 it
-    was 0.6 µs most of the time and 2.3 µs in some minutes (a C ping-pong between the two cores then
-    took 430 ns instead of 100: no shared L3), and there our 2-thread builds, which hand data between
-    the cores at every layer, ran 2.2x slower and TFLite about 1.25x."""
+    """A callable giving the round trip (µs) of our thread pool (the one our libraries run on,
+    export/tvm/thread_pool.cc) over ``threads`` tasks that do nothing: handing work to the other cores
+    and hearing back, so the time two cores take to see each other's writes. On a cloud host that is
+    where the hypervisor put the vCPUs: on a 2-vCPU AMD EPYC Zen 5 it took 0.10-0.28 µs while a C
+    ping-pong between the two cores took 85-145 ns, and 0.9-1.3 µs while the ping-pong took 400-460 ns
+    (no shared L3), and there our 2-thread builds, which hand data between the cores at every layer,
+    ran up to 2.2x slower and TFLite about 1.25x. (TVM's own pool, whose workers wait in sched_yield
+    calls, read 0.6 µs near and 2.3 far in one session and 2.5-5.7 µs with the cores near in another;
+    and its waiting workers took a core's share from the runs timed after it.) The first of two
+    batches wakes the pool's worker, asleep since the last turn; the second is timed."""
     import tvm
     from tvm.script import tirx as T
+
+    from export.tvm import thread_pool
 
     @T.prim_func
     def hand_over(a: T.Buffer((1024,), "float32")):
         for task in T.parallel(threads):
             a[task * 16] = a[task * 16] + T.float32(1)  # one cache line per task
 
-    lib = tvm.compile(tvm.IRModule({"main": hand_over}),
-                      target=tvm.target.Target({"kind": "llvm", "num-cores": threads}))
+    lib = thread_pool.load(tvm.compile(tvm.IRModule({"main": hand_over}),
+                                       target=tvm.target.Target({"kind": "llvm", "num-cores": threads})), threads)
     buffer = tvm.runtime.tensor(np.zeros(1024, np.float32))
-    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=200, repeat=1)
-    return lambda: float(timer(buffer).results[0]) * 1e6
+    timer = lib.time_evaluator("main", tvm.cpu(), number=200, repeat=2)
+    return lambda: float(timer(buffer).results[-1]) * 1e6
 
 
 def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, rounds: int = 15, number: int = 5,
@@ -135,9 +141,9 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
     follows an idle wait, and cores back from idle run slow for milliseconds (:func:`warm_up`).
 
     With ``pool_us`` (a dict, filled in place) and several threads, every TVM process also times its
-    thread pool's round trip (:func:`pool_probe`) after its warm-up and after its timed runs, and
-    ``pool_us[name]`` gets the larger of the two for each round (None for the other runtimes): which
-    turns ran while the host kept the cores far apart.
+    thread pool's round trip (:func:`pool_probe`) after its timed runs (not before them: the probe's
+    worker spins for a millisecond after it), and ``pool_us[name]`` gets it for each round (None for
+    the other runtimes): which turns ran while the host kept the cores far apart.
 
     Runtimes in one process disturb each other: a thread pool that spins after its call (onnxruntime's,
     TVM's) takes the core the next runtime's threads want, so TFLite with 2 threads measured as slow as
@@ -281,7 +287,6 @@ def _worker() -> None:
             times, round_trips = {}, []
             for name, run in runners.items():
                 warm_up(run, command["warmup"], command.get("warmup_s", 0.0))
-                round_trips += [probe()] if probe else []
                 times[name] = []
                 for _ in range(command["number"]):
                     start = time.perf_counter()

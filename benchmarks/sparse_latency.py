@@ -275,8 +275,8 @@ def print_table(rows):
               f"{spread:>14} {near:>11} {'' if goal is None else f'{goal:.1f}':>5}")
     probed = {(r["model"], r["threads"]): r for r in rows if r["far_rounds"] is not None}
     if probed:
-        print("\nhost placement (TVM's thread-pool round trip after each turn; 'near rounds' above: best dense "
-              "runtime / this one over the rounds where no TVM process took 2x the fastest):")
+        print("\nhost placement (our thread pool's round trip after each turn; 'near rounds' above: best dense "
+              "runtime / this one over the rounds where no TVM process took 4x the fastest):")
     for (model, threads), r in probed.items():
         print(f"  {model:28} {threads} threads: fastest {r['pool_us_fastest']:.2f} us, far apart in "
               f"{r['far_rounds']} round(s)")

@@ -23,6 +23,7 @@
 
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -45,6 +46,7 @@ typedef int (*ParallelLambda)(int task_id, ParallelGroupEnv* penv, void* cdata);
 
 constexpr int kMaxThreads = 64;
 constexpr int kSpinsBeforeSleep = 1 << 16;  // pause instructions: about 1-3 ms
+constexpr int kSpinsBeforeYield = 1 << 12;  // about 0.1 ms
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -164,7 +166,14 @@ int parallel_launch(ParallelLambda lambda, void* cdata, int num_task) {
   pool.generation.fetch_add(1, std::memory_order_release);
   if (pool.sleepers.load() != 0) futex(&pool.generation, FUTEX_WAKE_PRIVATE, INT_MAX);
   run_tasks(0);
-  while (pool.pending.load(std::memory_order_acquire) != 0) cpu_relax();
+  // a worker the system put on this core cannot finish while we spin: after a while, offer the core
+  for (int spins = 0; pool.pending.load(std::memory_order_acquire) != 0;) {
+    if (++spins < kSpinsBeforeYield) {
+      cpu_relax();
+    } else {
+      sched_yield();
+    }
+  }
   const int failed = pool.failed.load(std::memory_order_relaxed);
   pool.busy.store(0, std::memory_order_release);
   return failed ? -1 : 0;
