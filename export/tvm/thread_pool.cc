@@ -1,12 +1,12 @@
 // The thread pool our multi-core builds run their parallel loops on, linked into the model's library.
 //
 // Why not TVM's own: its workers wait for work in a loop of sched_yield() system calls and its caller
-// waits for them the same way, so handing a layer to the other core and hearing back took 0.6 us with
-// the two vCPUs of a Zen 5 cloud host near each other and 2.4-5.5 us when the hypervisor put them
-// apart; our models make 30-50 such hand-overs per inference. Here the workers spin on one cache line
-// with a pause instruction (as XNNPACK's pthreadpool and onnxruntime's pool do) and sleep on a futex
-// only after about a millisecond without work, and the caller spins until the last worker is done:
-// 0.17 us a hand-over on the same host with its vCPUs apart.
+// waits for them the same way, so handing a layer to the other core and hearing back took 0.6-2.5 us
+// on a Zen 5 cloud host with its two vCPUs near each other (and up to 5.5 us in some sessions); our
+// models make 30-50 such hand-overs per inference. Here the workers spin on one cache line with a
+// pause instruction (as XNNPACK's pthreadpool and onnxruntime's pool do) for 50 us, then offer their
+// core with sched_yield for 2 ms, then sleep on a futex; the caller spins until the last worker is
+// done: 0.10-0.28 us a hand-over on the same host (0.9-1.3 us with the vCPUs apart).
 //
 // How it replaces TVM's: TVM's LLVM code calls parallel loops through the pointer
 // __TVMBackendParallelLaunch (and barriers through __TVMBackendParallelBarrier), which TVM's loader
@@ -18,12 +18,14 @@
 // The pool has as many threads (the caller included) as TVM_NUM_THREADS says, else ONEXN_POOL_THREADS
 // (the build's num-cores). It starts on the first parallel loop and again in a forked child (which
 // inherits no threads). A parallel loop entered while another thread's loop runs on the pool is run
-// whole by its caller instead.
+// whole by its caller instead. Each library has its own pool: two libraries used in turn in one
+// process have a worker each, which is why a waiting worker soon gives its core away.
 #if defined(__linux__) || defined(__ANDROID__)
 
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -45,8 +47,8 @@ struct ParallelGroupEnv {  // TVMParallelGroupEnv (tvm/runtime/c_backend_api.h)
 typedef int (*ParallelLambda)(int task_id, ParallelGroupEnv* penv, void* cdata);
 
 constexpr int kMaxThreads = 64;
-constexpr int kSpinsBeforeSleep = 1 << 16;  // pause instructions: about 1-3 ms
-constexpr int kSpinsBeforeYield = 1 << 12;  // about 0.1 ms
+constexpr int64_t kSpinNs = 50000;     // spinning, then
+constexpr int64_t kYieldNs = 2000000;  // offering the core, then asleep
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -83,23 +85,42 @@ void run_tasks(int first) {
   }
 }
 
+int64_t now_ns() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+// Waits until ``ready()``: spinning for kSpinNs (the next layer's loop comes within microseconds), then
+// offering the core with sched_yield (another library's pool, or anything else, may want it: two
+// libraries alternating in one process each have a pool, and two pools spinning on two cores slowed
+// both threefold), then, where ``word`` is given, asleep on it.
+template <typename Ready>
+void wait_until(Ready ready, std::atomic<uint32_t>* word, uint32_t asleep_while) {
+  const int64_t start = now_ns();
+  for (int spins = 1; !ready(); ++spins) {
+    if (spins % 64 != 0) {
+      cpu_relax();
+      continue;
+    }
+    const int64_t waited = now_ns() - start;
+    if (waited < kSpinNs) continue;
+    if (word == nullptr || waited < kYieldNs) {
+      sched_yield();
+      continue;
+    }
+    pool.sleepers.fetch_add(1);
+    if (!ready()) futex(word, FUTEX_WAIT_PRIVATE, asleep_while);
+    pool.sleepers.fetch_sub(1);
+  }
+}
+
 void* worker(void* arg) {
   const int id = static_cast<int>(reinterpret_cast<intptr_t>(arg));
   uint32_t seen = pool.first_generation;  // the loops before this pool started are not its work
   for (;;) {
-    int spins = 0;
-    uint32_t now;
-    while ((now = pool.generation.load(std::memory_order_acquire)) == seen) {
-      if (++spins < kSpinsBeforeSleep) {
-        cpu_relax();
-        continue;
-      }
-      pool.sleepers.fetch_add(1);
-      if (pool.generation.load() == seen) futex(&pool.generation, FUTEX_WAIT_PRIVATE, seen);
-      pool.sleepers.fetch_sub(1);
-      spins = 0;
-    }
-    seen = now;
+    wait_until([seen] { return pool.generation.load(std::memory_order_acquire) != seen; }, &pool.generation, seen);
+    seen = pool.generation.load(std::memory_order_acquire);
     run_tasks(id);
     pool.pending.fetch_sub(1, std::memory_order_release);
   }
@@ -166,14 +187,8 @@ int parallel_launch(ParallelLambda lambda, void* cdata, int num_task) {
   pool.generation.fetch_add(1, std::memory_order_release);
   if (pool.sleepers.load() != 0) futex(&pool.generation, FUTEX_WAKE_PRIVATE, INT_MAX);
   run_tasks(0);
-  // a worker the system put on this core cannot finish while we spin: after a while, offer the core
-  for (int spins = 0; pool.pending.load(std::memory_order_acquire) != 0;) {
-    if (++spins < kSpinsBeforeYield) {
-      cpu_relax();
-    } else {
-      sched_yield();
-    }
-  }
+  // (a worker the system put on this core cannot finish while we spin: after kSpinNs we offer it)
+  wait_until([] { return pool.pending.load(std::memory_order_acquire) == 0; }, nullptr, 0);
   const int failed = pool.failed.load(std::memory_order_relaxed);
   pool.busy.store(0, std::memory_order_release);
   return failed ? -1 : 0;
