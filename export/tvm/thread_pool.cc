@@ -94,7 +94,7 @@ int64_t now_ns() {
 // Waits until ``ready()``: spinning for kSpinNs (the next layer's loop comes within microseconds), then
 // offering the core with sched_yield (another library's pool, or anything else, may want it: two
 // libraries alternating in one process each have a pool, and two pools spinning on two cores slowed
-// both threefold), then, where ``word`` is given, asleep on it.
+// both up to fourfold), then, where ``word`` is given, asleep on it.
 template <typename Ready>
 void wait_until(Ready ready, std::atomic<uint32_t>* word, uint32_t asleep_while) {
   const int64_t start = now_ns();
@@ -184,7 +184,8 @@ int parallel_launch(ParallelLambda lambda, void* cdata, int num_task) {
   pool.env.sync_handle = &pool;
   pool.failed.store(0, std::memory_order_relaxed);
   pool.pending.store(pool.threads - 1, std::memory_order_relaxed);
-  pool.generation.fetch_add(1, std::memory_order_release);
+  pool.generation.fetch_add(1);  // sequentially consistent, like the sleepers count read next: a worker
+                                 // going to sleep sees this bump or is seen and woken
   if (pool.sleepers.load() != 0) futex(&pool.generation, FUTEX_WAKE_PRIVATE, INT_MAX);
   run_tasks(0);
   // (a worker the system put on this core cannot finish while we spin: after kSpinNs we offer it)
