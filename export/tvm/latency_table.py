@@ -151,9 +151,7 @@ def _end_to_end(builds: dict, spec, work_dir: Path, rpc, fcompile, shape, rounds
     for rate, (plan, entries) in builds.items():
         built = compiler.build(tuning.zero_pipeline(rewrite.apply_plan(plan, knob_search.knobs_from(entries, spec),
                                                                        spec.vector_lanes())), spec, work_dir)
-        # here the builds run from memory on TVM's one pool: exported, each would bring a pool of its own,
-        # and four pools waiting in turn in one process inflated the smallest builds' times fivefold
-        lib = thread_pool.load(built, int(spec.config["num-cores"]), session, fcompile) if session else built
+        lib = thread_pool.load(built, int(spec.config["num-cores"]), session, fcompile)
         vm = relax.VirtualMachine(lib, device)
         vm.set_input("main", tvm.runtime.tensor(x, device=device))
         timers[rate] = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)
