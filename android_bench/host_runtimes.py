@@ -142,7 +142,7 @@ def time_in_processes(specs: dict, x_nchw: np.ndarray, *, threads: int = 1, roun
 
     With ``pool_us`` (a dict, filled in place) and several threads, every TVM process also times its
     thread pool's round trip (:func:`pool_probe`) after its timed runs (not before them: the probe's
-    worker spins for a millisecond after it), and ``pool_us[name]`` gets it for each round (None for
+    worker keeps spinning, then yielding, for 2 ms after it), and ``pool_us[name]`` gets it for each round (None for
     the other runtimes): which turns ran while the host kept the cores far apart.
 
     Runtimes in one process disturb each other: a thread pool that spins after its call (onnxruntime's,
