@@ -72,6 +72,16 @@ class _Device:
         return {"requested": s.threads, "affinity": s.affinity,
                 "runtime_threads": int(self.session.get_function("runtime.NumThreads")())}
 
+    def _size_pool(self) -> None:
+        """Our multi-core libraries run on a pool of their own (export/tvm/thread_pool.cc), one per process,
+        which runtime.config_threadpool does not reach: the first such library loaded publishes
+        onexn.thread_pool.threads, and --threads sizes the pool through it (its size is reported)."""
+        try:
+            size = self.session.get_function("onexn.thread_pool.threads")
+        except Exception:
+            return  # no library with our pool loaded yet (or none has one)
+        self.threads["pool_threads"] = int(size(self.settings.threads) if self.settings.threads else size())
+
     def alive(self) -> bool:
         try:
             self.session.get_function("runtime.NumThreads")()
@@ -87,6 +97,7 @@ class _Device:
         name = f"onexn_bench_{os.getpid()}_{len(self.vms)}_{module.path.name}"  # dlopen caches by path
         self.session.upload(str(module.path), target=name)
         vm = relax.VirtualMachine(self.session.load_module(name), self.device)
+        self._size_pool()
         from export.tvm.compiler import first_output
 
         tensor = tvm.runtime.tensor(x, device=self.device)

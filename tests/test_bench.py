@@ -114,6 +114,7 @@ def test_interleaved_benchmark_through_a_tracker(built, tracker, tmp_path, capsy
     report = json.loads((out / results.JSON_NAME).read_text())
     assert report["status"] == "complete" and report["rounds_done"] == 12 and not report["emulated"]
     assert report["threads"]["runtime_threads"] == 1
+    assert report["threads"]["pool_threads"] == 1  # the 2-core builds' own pool, sized by --threads too
     dense, sparse = report["modules"]
     assert dense["sparsity"] is None and sparse["sparsity"] == pytest.approx(0.75, abs=0.1)
     for m in (dense, sparse):

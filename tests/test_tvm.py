@@ -188,13 +188,27 @@ POOL_PROBE = """
 import ctypes, json, os, sys
 import numpy as np, tvm
 from tvm import relax
-library, x = sys.argv[1], np.load(sys.argv[2])
-pool = getattr(ctypes.CDLL(library), "onexn_thread_pool_threads", None)  # the handle TVM's loader gets too
+library, x, other = sys.argv[1], np.load(sys.argv[2]), sys.argv[3:]
+handle = ctypes.CDLL(library)  # the handle TVM's loader gets too
+pool = getattr(handle, "onexn_thread_pool_threads", None)
 before = pool() if pool else None
 vm = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
 run = lambda: vm["main"](tvm.runtime.tensor(x)).numpy()
 out = run()
-result = {"before": before, "threads": pool() if pool else None, "out": out.tolist()}
+result = {"before": before, "threads": pool() if pool else None, "out": out.tolist(),
+          "own": handle.onexn_thread_pool_is_own() if pool else None}
+if other:  # a second library (another file, so another instance) used in turn in the same process
+    tasks = len(os.listdir("/proc/self/task"))
+    second = ctypes.CDLL(other[0])
+    vm2 = relax.VirtualMachine(tvm.runtime.load_module(other[0]), tvm.cpu())
+    for _ in range(3):
+        same = np.array_equal(vm2["main"](tvm.runtime.tensor(x)).numpy(), out) and np.array_equal(run(), out)
+    result.update(second_same=bool(same), second_own=second.onexn_thread_pool_is_own(),
+                  second_threads=second.onexn_thread_pool_threads(),
+                  new_threads=len(os.listdir("/proc/self/task")) - tasks)
+    resize = tvm.get_global_func("onexn.thread_pool.threads")  # as onexn-bench --threads sizes it
+    result["resized"] = [resize(1), bool(np.array_equal(run(), out)), pool(), resize(0), resize(),
+                         bool(np.array_equal(run(), out)), pool()]
 child = os.fork()  # a forked child inherits no pool threads: its pool must start again
 if child == 0:
     os._exit(0 if np.array_equal(run(), out) else 3)
@@ -203,7 +217,7 @@ print(json.dumps(result))
 """
 
 
-def run_pool_probe(library, x, tmp_path, threads=None):
+def run_pool_probe(library, x, tmp_path, threads=None, other=None):
     import os
     import subprocess
     import sys
@@ -212,8 +226,8 @@ def run_pool_probe(library, x, tmp_path, threads=None):
     env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
     if threads:
         env["TVM_NUM_THREADS"] = str(threads)
-    done = subprocess.run([sys.executable, "-c", POOL_PROBE, str(library), str(tmp_path / "x.npy")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", POOL_PROBE, str(library), str(tmp_path / "x.npy")]
+                          + ([str(other)] if other else []), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -221,8 +235,11 @@ def run_pool_probe(library, x, tmp_path, threads=None):
 def test_multi_core_libraries_run_their_parallel_loops_on_our_thread_pool(tmp_path, rng):
     """A library built for 2 cores carries our thread pool (export/tvm/thread_pool.cc) in place of TVM's:
     its first parallel loop starts it with the build's 2 threads (TVM_NUM_THREADS, when set, wins), a
-    forked child starts its own, and the outputs match onnxruntime; a 1-core build has no parallel loop
-    and no pool."""
+    forked child starts its own, and the outputs match onnxruntime; a second library used in the same
+    process runs on the first one's pool (one pool per process: no second worker); a 1-core build has no
+    parallel loop and no pool."""
+    import shutil
+
     model_path = save(conv_graph(rng, p=0.5, c_mid=32, c_out=24, size=64), tmp_path / "g.onnx")
     x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)
     want = run_ort(onnx.load(str(model_path)), x)
@@ -236,7 +253,13 @@ def test_multi_core_libraries_run_their_parallel_loops_on_our_thread_pool(tmp_pa
     for threads, expected in ((None, 2), (1, 1)):
         probe = run_pool_probe(libraries[2], x, tmp_path, threads)
         assert probe["before"] == 0 and probe["threads"] == expected and probe["child_exit"] == 0
+        assert probe["own"] == 1  # the first library in the process publishes its pool
         np.testing.assert_allclose(np.array(probe["out"]), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    copy = shutil.copy(libraries[2], tmp_path / "copy.so")
+    shared = run_pool_probe(libraries[2], x, tmp_path, other=copy)
+    assert shared["second_same"] and shared["second_own"] == 0 and shared["second_threads"] == 2
+    assert shared["new_threads"] == 0 and shared["child_exit"] == 0
+    assert shared["resized"] == [1, True, 1, 2, 2, True, 2]
     one_core = run_pool_probe(libraries[1], x, tmp_path)
     assert one_core["threads"] is None and one_core["child_exit"] == 0  # TVM's runtime alone
     np.testing.assert_allclose(np.array(one_core["out"]), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -15,12 +15,29 @@
 // seeing the symbols, leaves them pointing here. Any loader (Python, C++, RPC on a phone) therefore
 // runs the library on this pool without knowing about it.
 //
+// One pool per process, as TVM's is: every library carries a pool, but on its first parallel loop a
+// library looks for one already published in TVM-FFI's global function table (the one meeting point
+// libraries loaded RTLD_LOCAL all see: the runtime is loaded RTLD_GLOBAL, and the generated code calls
+// into it anyway) and runs on it; only the first library to get there publishes and starts its own.
+// Two pools in one process (models used in turn, a library and its profiled twin, knob-search
+// candidates) would each keep a worker waiting beside the other's work. Where no TVM-FFI is found
+// (weak symbols left null), a library runs on its own pool.
+//
 // The pool has as many threads (the caller included) as TVM_NUM_THREADS says, else ONEXN_POOL_THREADS
-// (the build's num-cores). It starts on the first parallel loop and again in a forked child (which
-// inherits no threads). A parallel loop entered while another thread's loop runs on the pool is run
-// whole by its caller instead. Each library has its own pool: two libraries used in turn in one
-// process have a worker each, which is why a waiting worker soon gives its core away.
+// (the num-cores of the library that started it). It starts on the first parallel loop and again in a
+// forked child (which inherits no threads). A parallel loop entered while another thread's loop runs on
+// the pool is run whole by its caller instead.
 #if defined(__linux__) || defined(__ANDROID__)
+
+#include <tvm/ffi/c_api.h>
+
+// Weak: a library loaded where no TVM-FFI runtime is keeps its own pool instead of failing to load.
+#pragma weak TVMFFIFunctionGetGlobal
+#pragma weak TVMFFIFunctionSetGlobal
+#pragma weak TVMFFIFunctionCreate
+#pragma weak TVMFFIFunctionCall
+#pragma weak TVMFFIObjectDecRef
+#pragma weak TVMFFIErrorMoveFromRaised
 
 #include <linux/futex.h>
 #include <pthread.h>
@@ -68,6 +85,9 @@ struct Pool {
   alignas(64) std::atomic<int> sleepers{0};
   std::atomic<int> busy{0};
   int threads = 0;  // 0: not started (in this process)
+  int wanted = 0;   // threads set with set_threads (0: TVM_NUM_THREADS, else ONEXN_POOL_THREADS)
+  std::atomic<int> stopping{0};
+  std::atomic<int> alive{0};  // workers running
   uint32_t first_generation = 0;
   pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
   alignas(64) std::atomic<int> barrier_count[kMaxThreads * 16];  // one cache line per task
@@ -92,9 +112,9 @@ int64_t now_ns() {
 }
 
 // Waits until ``ready()``: spinning for kSpinNs (the next layer's loop comes within microseconds), then
-// offering the core with sched_yield (another library's pool, or anything else, may want it: two
-// libraries alternating in one process each have a pool, and two pools spinning on two cores slowed
-// both up to fourfold), then, where ``word`` is given, asleep on it.
+// offering the core with sched_yield (another process, or a library that found no TVM-FFI and runs its
+// own pool, may want it: two pools spinning on two cores slowed both up to fourfold), then, where
+// ``word`` is given, asleep on it.
 template <typename Ready>
 void wait_until(Ready ready, std::atomic<uint32_t>* word, uint32_t asleep_while) {
   const int64_t start = now_ns();
@@ -121,15 +141,17 @@ void* worker(void* arg) {
   for (;;) {
     wait_until([seen] { return pool.generation.load(std::memory_order_acquire) != seen; }, &pool.generation, seen);
     seen = pool.generation.load(std::memory_order_acquire);
+    if (pool.stopping.load(std::memory_order_acquire)) break;
     run_tasks(id);
     pool.pending.fetch_sub(1, std::memory_order_release);
   }
+  pool.alive.fetch_sub(1, std::memory_order_release);
   return nullptr;
 }
 
 int requested_threads() {
   const char* env = getenv("TVM_NUM_THREADS");
-  int threads = env ? atoi(env) : ONEXN_POOL_THREADS;
+  int threads = pool.wanted > 0 ? pool.wanted : env ? atoi(env) : ONEXN_POOL_THREADS;
   if (threads < 1) threads = ONEXN_POOL_THREADS;
   return threads < kMaxThreads ? threads : kMaxThreads;
 }
@@ -138,6 +160,8 @@ void forget_threads_in_child() {  // a forked child has only the thread that for
   pool.threads = 0;
   pool.busy.store(0);
   pool.sleepers.store(0);
+  pool.alive.store(0);
+  pool.stopping.store(0);
   pthread_mutex_init(&pool.start_lock, nullptr);
 }
 
@@ -156,6 +180,7 @@ void start() {
       pthread_detach(thread);
     }
     pool.threads = started;
+    pool.alive.store(started - 1);
   }
   pthread_mutex_unlock(&pool.start_lock);
 }
@@ -169,11 +194,15 @@ int run_serially(ParallelLambda lambda, void* cdata, int num_task) {
 }
 
 int parallel_launch(ParallelLambda lambda, void* cdata, int num_task) {
+  int idle = 0;
+  if (!pool.busy.compare_exchange_strong(idle, 1, std::memory_order_acquire)) {
+    return run_serially(lambda, cdata, num_task > 0 ? num_task : 1);  // the pool is another thread's now
+  }
   if (pool.threads == 0) start();
   if (num_task <= 0) num_task = pool.threads;
-  int idle = 0;
-  if (pool.threads == 1 || !pool.busy.compare_exchange_strong(idle, 1, std::memory_order_acquire)) {
-    return run_serially(lambda, cdata, num_task);  // one thread, or the pool is another thread's now
+  if (pool.threads == 1) {
+    pool.busy.store(0, std::memory_order_release);
+    return run_serially(lambda, cdata, num_task);
   }
   if (pool.barrier_used.exchange(0, std::memory_order_relaxed)) {
     for (int i = 0; i < kMaxThreads; ++i) pool.barrier_count[i * 16].store(0, std::memory_order_relaxed);
@@ -208,14 +237,159 @@ int parallel_barrier(int task_id, ParallelGroupEnv* penv) {
   return 0;
 }
 
+int pool_threads() { return pool.threads; }
+
+// The pool's size from now on (0: back to TVM_NUM_THREADS, else the build's num-cores), as TVM's
+// runtime.config_threadpool sets its own: the running workers stop and the next loop starts anew.
+// Returns the threads the next loop runs on.
+int set_threads(int threads) {
+  int idle = 0;
+  while (!pool.busy.compare_exchange_weak(idle, 1, std::memory_order_acquire)) {
+    idle = 0;
+    sched_yield();
+  }
+  pthread_mutex_lock(&pool.start_lock);
+  const int wanted = threads > 0 ? threads : 0;
+  if (wanted != pool.wanted && pool.threads != 0) {
+    pool.stopping.store(1);
+    pool.generation.fetch_add(1);
+    futex(&pool.generation, FUTEX_WAKE_PRIVATE, INT_MAX);
+    while (pool.alive.load(std::memory_order_acquire) != 0) sched_yield();
+    pool.stopping.store(0);
+    pool.threads = 0;
+  }
+  pool.wanted = wanted;
+  const int next = pool.threads != 0 ? pool.threads : requested_threads();
+  pthread_mutex_unlock(&pool.start_lock);
+  pool.busy.store(0, std::memory_order_release);
+  return next;
+}
+
+// What a library publishes and the others run on. ``abi`` changes whenever these fields do, so a
+// library never calls a pool laid out differently (it then keeps its own).
+struct PoolApi {
+  int abi;
+  int (*launch)(ParallelLambda, void*, int);
+  int (*barrier)(int, ParallelGroupEnv*);
+  int (*threads)();
+};
+constexpr int kPoolAbi = 1;
+const PoolApi own_pool{kPoolAbi, parallel_launch, parallel_barrier, pool_threads};
+std::atomic<const PoolApi*> chosen_pool{nullptr};
+constexpr char kGlobalName[] = "onexn.thread_pool.v1";
+
+int publish_call(void*, const TVMFFIAny*, int32_t, TVMFFIAny* result) {
+  result->type_index = kTVMFFIOpaquePtr;
+  result->v_ptr = const_cast<PoolApi*>(&own_pool);
+  return 0;
+}
+
+// onexn.thread_pool.threads(): the threads the process pool's next loop runs on; with an int
+// argument, sets them first (see set_threads). How a runner (onexn-bench --threads) sizes the pool.
+int threads_call(void*, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result) {
+  int threads = pool.threads;
+  if (num_args >= 1 && (args[0].type_index == kTVMFFIInt || args[0].type_index == kTVMFFIBool)) {
+    threads = set_threads(static_cast<int>(args[0].v_int64));
+  } else if (threads == 0) {
+    threads = requested_threads();
+  }
+  result->type_index = kTVMFFIInt;
+  result->v_int64 = threads;
+  return 0;
+}
+
+void drop_raised_error() {
+  TVMFFIObjectHandle error = nullptr;
+  TVMFFIErrorMoveFromRaised(&error);
+  if (error != nullptr) TVMFFIObjectDecRef(error);
+}
+
+// The pool published under kGlobalName, or null.
+const PoolApi* published_pool() {
+  const TVMFFIByteArray name{kGlobalName, sizeof(kGlobalName) - 1};
+  TVMFFIObjectHandle function = nullptr;
+  if (TVMFFIFunctionGetGlobal(&name, &function) != 0) {
+    drop_raised_error();
+    return nullptr;
+  }
+  if (function == nullptr) return nullptr;
+  TVMFFIAny result{};
+  result.type_index = kTVMFFINone;
+  const int failed = TVMFFIFunctionCall(function, nullptr, 0, &result);
+  TVMFFIObjectDecRef(function);
+  if (failed != 0) {
+    drop_raised_error();
+    return nullptr;
+  }
+  if (result.type_index != kTVMFFIOpaquePtr) return nullptr;
+  const PoolApi* api = static_cast<const PoolApi*>(result.v_ptr);
+  return api->abi == kPoolAbi ? api : nullptr;
+}
+
+// Publishes this library's pool unless one is already there (another thread may publish between our
+// look and our publishing: then its pool is taken).
+bool set_global(const char* name, size_t size, TVMFFISafeCallType call) {
+  const TVMFFIByteArray bytes{name, size};
+  TVMFFIObjectHandle function = nullptr;
+  if (TVMFFIFunctionCreate(nullptr, call, nullptr, &function) != 0) {
+    drop_raised_error();
+    return false;
+  }
+  const bool done = TVMFFIFunctionSetGlobal(&bytes, function, 0) == 0;
+  TVMFFIObjectDecRef(function);  // the table holds its own reference
+  if (!done) drop_raised_error();
+  return done;
+}
+
+const PoolApi* choose_pool() {
+  if (&TVMFFIFunctionGetGlobal == nullptr || &TVMFFIFunctionSetGlobal == nullptr) return &own_pool;
+  if (const PoolApi* api = published_pool()) return api;
+  if (set_global(kGlobalName, sizeof(kGlobalName) - 1, publish_call)) {
+    static const char threads_name[] = "onexn.thread_pool.threads";
+    set_global(threads_name, sizeof(threads_name) - 1, threads_call);
+    return &own_pool;
+  }
+  const PoolApi* api = published_pool();
+  return api ? api : &own_pool;
+}
+
+inline const PoolApi* process_pool() {
+  const PoolApi* api = chosen_pool.load(std::memory_order_acquire);
+  if (api == nullptr) {
+    api = choose_pool();
+    chosen_pool.store(api, std::memory_order_release);
+  }
+  return api;
+}
+
+int launch_on_process_pool(ParallelLambda lambda, void* cdata, int num_task) {
+  return process_pool()->launch(lambda, cdata, num_task);
+}
+
+int barrier_on_process_pool(int task_id, ParallelGroupEnv* penv) {
+  return process_pool()->barrier(task_id, penv);
+}
+
+// Chosen (and published) when the library is loaded, so onexn.thread_pool.threads is there to call
+// before the first inference.
+__attribute__((constructor)) void choose_at_load() { process_pool(); }
+
 }  // namespace
 
 extern "C" {
-__attribute__((visibility("hidden"))) void* __TVMBackendParallelLaunch = reinterpret_cast<void*>(&parallel_launch);
-__attribute__((visibility("hidden"))) void* __TVMBackendParallelBarrier = reinterpret_cast<void*>(&parallel_barrier);
-// So a test (or a user) can see which pool a loaded library runs on: its thread count, 0 before its
-// first parallel loop.
-__attribute__((visibility("default"))) int onexn_thread_pool_threads() { return pool.threads; }
+__attribute__((visibility("hidden"))) void* __TVMBackendParallelLaunch =
+    reinterpret_cast<void*>(&launch_on_process_pool);
+__attribute__((visibility("hidden"))) void* __TVMBackendParallelBarrier =
+    reinterpret_cast<void*>(&barrier_on_process_pool);
+// So a test (or a user) can see which pool a loaded library runs on: the process pool's thread count
+// (0 before this library's first parallel loop, or the pool's first), and whether it is this library's.
+__attribute__((visibility("default"))) int onexn_thread_pool_threads() {
+  const PoolApi* api = chosen_pool.load(std::memory_order_acquire);
+  return api ? api->threads() : 0;
+}
+__attribute__((visibility("default"))) int onexn_thread_pool_is_own() {
+  return chosen_pool.load(std::memory_order_acquire) == &own_pool;
+}
 }
 
 #endif

@@ -18,12 +18,15 @@ def linking(fcompile, cores: int, output) -> object:
 
     if cores <= 1 or str(output).endswith(".tar"):
         return fcompile
+    import tvm_ffi.libinfo
+
     base = fcompile or cc.create_shared
+    headers = [f"-I{tvm_ffi.libinfo.find_include_path()}", f"-I{tvm_ffi.libinfo.find_dlpack_include_path()}"]
 
     def compile_with_pool(out, objects, options=None):
         objects = [objects] if isinstance(objects, str) else list(objects)
         # nodelete: the pool's threads run the library's code, which must stay mapped after dlclose
-        flags = list(options or []) + ["-O2", f"-DONEXN_POOL_THREADS={int(cores)}", "-Wl,-z,nodelete"]
+        flags = list(options or []) + headers + ["-O2", f"-DONEXN_POOL_THREADS={int(cores)}", "-Wl,-z,nodelete"]
         return base(out, objects + [str(SOURCE)], options=flags)
 
     for attribute in ("output_format", "object_format", "get_target_triple"):
