@@ -18,13 +18,17 @@ class Rpc:
     priority: int = 1
     session_timeout: int = 60
 
-    def connect(self):
+    def connect(self, *, whole_job: bool = False):
+        """A session on the device. ``whole_job``: one session held for a whole knob search or latency
+        table (minutes on a phone), so the server sets it no time limit; ``session_timeout`` would end
+        it mid-search. The device is freed when this process closes the socket, as it is otherwise."""
         from tvm import rpc
 
+        timeout = 0 if whole_job else self.session_timeout
         if self.key:
             return rpc.connect_tracker(self.host, self.port).request(
-                self.key, priority=self.priority, session_timeout=self.session_timeout)
-        return rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
+                self.key, priority=self.priority, session_timeout=timeout)
+        return rpc.connect(self.host, self.port, session_timeout=timeout)
 
 
 def from_flags(tracker: tuple[str, int] | None, key: str | None, direct: tuple[str, int] | None) -> Rpc | None:

@@ -53,7 +53,7 @@ class _Timer:
 
         self.spec, self.rpc, self.cross_compiler = spec, rpc, cross_compiler
         self.repeat = repeat
-        self.session = rpc.connect() if rpc else None
+        self.session = rpc.connect(whole_job=True) if rpc else None
         self.device = self.session.cpu() if self.session else tvm.cpu()
         # measure with the threads the build is for (the target's num-cores), not whatever the pool has
         get = self.session.get_function if self.session else tvm.get_global_func

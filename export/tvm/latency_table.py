@@ -144,7 +144,7 @@ def _end_to_end(builds: dict, spec, work_dir: Path, rpc, fcompile, shape, rounds
 
     from export.tvm import compiler, knob_search, rewrite, thread_pool, tuning
 
-    session = rpc.connect() if rpc else None
+    session = rpc.connect(whole_job=True) if rpc else None
     device = session.cpu() if session else tvm.cpu()
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     timers = {}
