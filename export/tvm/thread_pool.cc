@@ -15,8 +15,8 @@
 // seeing the symbols, leaves them pointing here. Any loader (Python, C++, RPC on a phone) therefore
 // runs the library on this pool without knowing about it.
 //
-// One pool per process, as TVM's is: every library carries a pool, but on its first parallel loop a
-// library looks for one already published in TVM-FFI's global function table (the one meeting point
+// One pool per process, as TVM's is: every library carries a pool, but when it is loaded a library
+// looks for one already published in TVM-FFI's global function table (the one meeting point
 // libraries loaded RTLD_LOCAL all see: the runtime is loaded RTLD_GLOBAL, and the generated code calls
 // into it anyway) and runs on it; only the first library to get there publishes and starts its own.
 // Two pools in one process (models used in turn, a library and its profiled twin, knob-search
@@ -49,6 +49,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <cstdlib>
 
 #ifndef ONEXN_POOL_THREADS
@@ -239,6 +240,8 @@ int parallel_barrier(int task_id, ParallelGroupEnv* penv) {
 
 int pool_threads() { return pool.threads; }
 
+int next_threads() { return pool.threads != 0 ? pool.threads : requested_threads(); }
+
 // The pool's size from now on (0: back to TVM_NUM_THREADS, else the build's num-cores), as TVM's
 // runtime.config_threadpool sets its own: the running workers stop and the next loop starts anew.
 // Returns the threads the next loop runs on.
@@ -259,7 +262,7 @@ int set_threads(int threads) {
     pool.threads = 0;
   }
   pool.wanted = wanted;
-  const int next = pool.threads != 0 ? pool.threads : requested_threads();
+  const int next = next_threads();
   pthread_mutex_unlock(&pool.start_lock);
   pool.busy.store(0, std::memory_order_release);
   return next;
@@ -277,6 +280,9 @@ constexpr int kPoolAbi = 1;
 const PoolApi own_pool{kPoolAbi, parallel_launch, parallel_barrier, pool_threads};
 std::atomic<const PoolApi*> chosen_pool{nullptr};
 constexpr char kGlobalName[] = "onexn.thread_pool.v1";
+constexpr char kThreadsName[] = "onexn.thread_pool.threads";
+
+TVMFFIByteArray byte_array(const char* name) { return TVMFFIByteArray{name, strlen(name)}; }
 
 int publish_call(void*, const TVMFFIAny*, int32_t, TVMFFIAny* result) {
   result->type_index = kTVMFFIOpaquePtr;
@@ -287,14 +293,9 @@ int publish_call(void*, const TVMFFIAny*, int32_t, TVMFFIAny* result) {
 // onexn.thread_pool.threads(): the threads the process pool's next loop runs on; with an int
 // argument, sets them first (see set_threads). How a runner (onexn-bench --threads) sizes the pool.
 int threads_call(void*, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result) {
-  int threads = pool.threads;
-  if (num_args >= 1 && (args[0].type_index == kTVMFFIInt || args[0].type_index == kTVMFFIBool)) {
-    threads = set_threads(static_cast<int>(args[0].v_int64));
-  } else if (threads == 0) {
-    threads = requested_threads();
-  }
+  const bool setting = num_args >= 1 && (args[0].type_index == kTVMFFIInt || args[0].type_index == kTVMFFIBool);
   result->type_index = kTVMFFIInt;
-  result->v_int64 = threads;
+  result->v_int64 = setting ? set_threads(static_cast<int>(args[0].v_int64)) : next_threads();
   return 0;
 }
 
@@ -306,7 +307,7 @@ void drop_raised_error() {
 
 // The pool published under kGlobalName, or null.
 const PoolApi* published_pool() {
-  const TVMFFIByteArray name{kGlobalName, sizeof(kGlobalName) - 1};
+  const TVMFFIByteArray name = byte_array(kGlobalName);
   TVMFFIObjectHandle function = nullptr;
   if (TVMFFIFunctionGetGlobal(&name, &function) != 0) {
     drop_raised_error();
@@ -326,10 +327,9 @@ const PoolApi* published_pool() {
   return api->abi == kPoolAbi ? api : nullptr;
 }
 
-// Publishes this library's pool unless one is already there (another thread may publish between our
-// look and our publishing: then its pool is taken).
-bool set_global(const char* name, size_t size, TVMFFISafeCallType call) {
-  const TVMFFIByteArray bytes{name, size};
+// Registers ``call`` under ``name`` unless something is registered there already.
+bool set_global(const char* name, TVMFFISafeCallType call) {
+  const TVMFFIByteArray bytes = byte_array(name);
   TVMFFIObjectHandle function = nullptr;
   if (TVMFFIFunctionCreate(nullptr, call, nullptr, &function) != 0) {
     drop_raised_error();
@@ -341,12 +341,13 @@ bool set_global(const char* name, size_t size, TVMFFISafeCallType call) {
   return done;
 }
 
+// The published pool, else this library's, published now (another library may publish between our
+// look and our publishing: then its pool is taken).
 const PoolApi* choose_pool() {
   if (&TVMFFIFunctionGetGlobal == nullptr || &TVMFFIFunctionSetGlobal == nullptr) return &own_pool;
   if (const PoolApi* api = published_pool()) return api;
-  if (set_global(kGlobalName, sizeof(kGlobalName) - 1, publish_call)) {
-    static const char threads_name[] = "onexn.thread_pool.threads";
-    set_global(threads_name, sizeof(threads_name) - 1, threads_call);
+  if (set_global(kGlobalName, publish_call)) {
+    set_global(kThreadsName, threads_call);
     return &own_pool;
   }
   const PoolApi* api = published_pool();
