@@ -111,10 +111,16 @@ def test_pointwise(rng, c_in, pixels, c_out, bsr, p, lanes):
             # partial sums through the output, the tail's too: one loop, pixel tasks, block-row tasks
             chunked += [pointwise.PointwiseKnobs(v, g, "pixels", True, 5, workers=w, share=share, tail=True)
                         for v, g, w, share in ((3, 2, 0, "pixels"), (1, 1, 2, "pixels"), (2, 4, 3, "rows"))]
-        # every candidate, those with a tail once per loop structure (they differ from their twins only there)
+        # every candidate, those with a tail or an input prefetch once per loop structure (they differ from
+        # their twins only there)
         structures = {}
-        for k in kernel.candidates(lanes, 2):
-            structures.setdefault((k.tail, k.outer, k.share, k.pack, k.workers, k.parallel) if k.tail else k, k)
+        candidates = kernel.candidates(lanes, 2)
+        for k in candidates:
+            structure = (k.tail, k.prefetch, k.outer, k.share, k.pack, k.workers, k.parallel)
+            structures.setdefault(structure if k.tail or k.prefetch else k, k)
+        prefetching = [k for k in candidates if k.prefetch]
+        assert bool(prefetching) == (pixels <= pointwise.INPUT_PREFETCH_PIXELS)  # multi-core, small maps
+        assert not any(k.pack for k in prefetching) and not any(k.prefetch for k in kernel.candidates(lanes, 1))
         for knobs in list(structures.values()) + [pointwise.PointwiseKnobs(3, 2, "pixels", True)] + chunked:
             inputs = [x, residual] if epi.residual else [x]
             close(run(kernel, knobs, lanes, inputs + kernel.constants_for(knobs, consts)), want)
@@ -351,6 +357,9 @@ def test_fused_pointwise_depthwise(rng, c_in, size, c, bsr, p, kernel, stride, p
     assert any(k.dw_flat for k in knobs) == (pw.pixels <= 256 and stride == 1)
     one_core = [k for k in fused.candidates(shape, lanes, 1) if k.tasks]
     assert {k.tasks for k in one_core} == {1} and not any(k.parallel for k in one_core)
+    assert any(k.prefetch for k in knobs) and not any(k.prefetch for k in fused.candidates(shape, lanes, 1))
+    # an input prefetch changes no value: one prefetching candidate of each loop structure (bands, tasks)
+    knobs = [k for k in knobs if not k.prefetch] + list({bool(k.tasks): k for k in knobs if k.prefetch}.values())
     knobs += one_core
     kernel_ = Kernel("fused", shape, dw_epi)
     for k in knobs:

@@ -303,8 +303,10 @@ def test_dense_tuning_with_an_unnamed_handler_on_metaschedules_logger(tmp_path, 
         logger.removeHandler(handler)
 
 
-def test_knob_search_over_rpc(tmp_path, rng):
-    """The knob search measures on a TVM RPC server (here a local one on loopback)."""
+@pytest.mark.parametrize("cores", [1, 2])
+def test_knob_search_over_rpc(tmp_path, rng, cores):
+    """The knob search measures on a TVM RPC server (here a local one on loopback); with 2 cores its
+    candidate libraries carry our thread pool to the device."""
     from tvm import rpc
 
     server = rpc.Server(host="127.0.0.1", port=9391, port_end=9491)
@@ -313,8 +315,9 @@ def test_knob_search_over_rpc(tmp_path, rng):
         mod, *_ = compiler.import_onnx(model_path)
         from export.tvm import rewrite
 
-        plan = rewrite.plan(mod, rewrite.Settings(lanes=HOST.vector_lanes()))
-        entries = knob_search.search(plan.ops, HOST, tmp_path, rpc=Rpc("127.0.0.1", server.port), progress=False)
+        spec = targets.resolve("host", num_cores=cores)
+        plan = rewrite.plan(mod, rewrite.Settings(lanes=spec.vector_lanes()))
+        entries = knob_search.search(plan.ops, spec, tmp_path, rpc=Rpc("127.0.0.1", server.port), progress=False)
         assert len(entries) == 2
         for entry in entries.values():
             assert entry["ms"] > 0 and all(ms > 0 for _, ms in entry["candidates"])

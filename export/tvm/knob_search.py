@@ -26,7 +26,7 @@ from onexn_tf import files
 from onexn_tf.rpc import Rpc
 
 KNOBS_FILE = "kernel_knobs.json"
-VERSION = 20  # of the kernel generators and the timing method: older measurements are not reused
+VERSION = 21  # of the kernel generators and the timing method: older measurements are not reused
 # Bytes TVM's time_evaluator copies before each timed run: more than the L2 of any core we target (Zen 3:
 # 512 KiB; Zen 4, Zen 5 and phones' big cores: ≤ 1 MiB). Measured on a Zen 5 with V2 at p = 0.9, in
 # the model, paired A/B: evicting the layer's own buffers to memory instead (clflush of every argument

@@ -64,6 +64,7 @@ class FusedKnobs:
     split: bool = False  # run the two kernels apart (their own knobs); chosen by the knob search
     tasks: int = 0  # parallel: this many tasks, each a run of block rows over the whole plane (0: bands)
     dw_flat: bool = False  # with tasks: the depthwise planes flattened (spatial.flat_plane_ok)
+    prefetch: int = 0  # the pointwise part prefetches its input this many blocks ahead (pointwise.prefetch)
 
 
 # One core runs the pair block row by block row over whole planes (``tasks`` = 1) only where one block
@@ -110,6 +111,8 @@ def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
         out += [FusedKnobs(whole, widest, v, r, parallel, tasks=cores) for v, r in ((2, 1), (1, 2))]
         if spatial.flat_plane_ok(shape.depthwise):
             out.append(FusedKnobs(whole, widest, 0, 1, parallel, tasks=cores, dw_flat=True))
+    if parallel and shape.pointwise.pixels <= pointwise.INPUT_PREFETCH_PIXELS:  # each also prefetching its input
+        out += [dataclasses.replace(k, prefetch=pointwise.INPUT_PREFETCH_BLOCKS) for k in out]
     return out
 
 
@@ -181,7 +184,8 @@ def generate(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, lanes: in
                 tile = pointwise.tile_emitter(pw, pw_epi, tl, PB, 1, D, O, IP, BP, Xf, Ef, None,
                                               x_base=lambda n_: n_ * (CI * H * W) + s0 * W,
                                               out_at=lambda n_, row, pixel: _in_block(row, R) * PB + pixel,
-                                              guard_rows=False)
+                                              guard_rows=False,
+                                              input_prefetch=knobs.prefetch)
 
                 def depthwise(rb, first_row, emit):
                     """``emit(em)`` for each channel of block row ``rb``, its window's first row ``first_row``."""
@@ -260,7 +264,8 @@ def _generate_tasks(shape: FusedShape, epilogue: Epilogue, knobs: FusedKnobs, la
                 tile = pointwise.tile_emitter(pw, pw_epi, tl, P, 1, D, O, IP, BP, Xf, Ef, None,
                                               x_base=lambda n_: n_ * (CI * P),
                                               out_at=lambda n_, row, pixel: _in_block(row, R) * P + pixel,
-                                              guard_rows=False)
+                                              guard_rows=False,
+                                              input_prefetch=knobs.prefetch)
                 em = spatial.Emitter(dw, epilogue, dw_knobs, lanes, Ef, Wf, BD, Yf,
                                      in_row=lambda ci, iy: _in_block(ci, R) * P + iy * W,
                                      out_row=lambda co, oy: (n * C + co) * (OH * OW) + oy * OW)

@@ -60,6 +60,20 @@ from export.tvm.kernels.tir import (PREFETCH_BYTES, Epilogue, bcast, buffer_arg,
 # pixel split at p = 0.7 and 130 against 133 µs at p = 0.5.
 ROW_SHARE_PIXELS = 256
 
+# With the ``prefetch`` knob, how many stored blocks ahead a kernel prefetches the input rows of (its
+# tile's pixels in the input channel of block k + this), and the largest maps with such candidates
+# (multi-core ones only, and not packed ones, which read their own copy). On small maps a tile is most
+# of a plane and consecutive blocks jump between planes, so no hardware prefetcher sees the next one
+# coming; in a model at 2 threads the input was just written, which on an Intel Xeon (2 vCPUs) made it
+# as slow to read as memory, whichever core had written it: V2's 576 -> 96 projection at 14x14, p =
+# 0.9, took 14 us on an input it had read before, 30-36 us on one just written, 29 prefetched 8 blocks
+# ahead (4 or 16: the same). At 1 thread an input just written was as fast as a warm one. In the knob
+# search (2 threads, V2 at p = 0.9) the best prefetching candidate took 0.86-0.96x the best other one
+# on most 7x7 and 14x14 maps, 1.02-1.07x on 28x28, 0.96-1.05x on 56x56 and 112x112 (not offered there:
+# in the model they ran 5-15 % slower prefetching).
+INPUT_PREFETCH_BLOCKS = 8
+INPUT_PREFETCH_PIXELS = 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class PointwiseShape:
@@ -108,6 +122,7 @@ class PointwiseKnobs:
     pack: bool = False  # outer="pixels", group >= 1, no chunks: copy each group's input slab contiguous first
     share: str = "pixels"  # with workers: what the tasks divide, the pixel vectors or the block rows ("rows")
     tail: bool = False  # the plane's last P mod V pixels as bsr-lane vectors of output channels (see tail_ok)
+    prefetch: int = 0  # prefetch the input rows of the block this many blocks ahead (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +235,8 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
                 (out if chunkable(shape.pixels, lanes, v, pixel_workers(k)) else tail_only).append(k)
     if tail_ok(shape, lanes):  # (chunks too: with a tail, no vector overlaps another)
         out += [dataclasses.replace(k, tail=True) for k in out + tail_only]
+    if parallel and shape.pixels <= INPUT_PREFETCH_PIXELS:  # each also prefetching its input (a packed
+        out += [dataclasses.replace(k, prefetch=INPUT_PREFETCH_BLOCKS) for k in out if not k.pack]  # one reads its copy)
     if is_dense(shape) and shape.pixels >= 2:
         out += _channel_candidates(shape, lanes, parallel)
     return with_serial(out, shape.macs(), cores)
@@ -435,14 +452,15 @@ def _generate_channels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwi
 
 
 def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, nch: int, D, O, IP, B, Xf, Yf, Rf,
-                 x_base, out_at, guard_rows: bool = True, x_start=None, tail=None):
+                 x_base, out_at, guard_rows: bool = True, x_start=None, tail=None, input_prefetch: int = 0):
     """``tile(n, rb, t, chunk)``: emits pixel tile ``t`` of block row ``rb`` over ``P`` pixels (tiled by
     ``tl``). ``x_base(n)`` is added to a block's offset (input channel · H·W) to address its input
     row, and ``x_start(vector)`` (default: the vector's first pixel) to that to address a vector in
     it; ``out_at(n, row, pixel)`` addresses an output value. With ``guard_rows`` the rows past C_out
     of a partial last block row are not stored (without, the output has room for them).
     ``tail = (first pixel, count, x_offset(q))``: the last tile also computes those pixels (see
-    :func:`tail_ok`), tail pixel ``q``'s input at ``x_base(n) + offset + x_offset(q)``."""
+    :func:`tail_ok`), tail pixel ``q``'s input at ``x_base(n) + offset + x_offset(q)``.
+    ``input_prefetch``: how many blocks ahead the input vectors are prefetched (0: not at all)."""
     N, CO, R = shape.batch, shape.c_out, shape.bsr
     rows = shape.block_rows
     V = tl.lanes
@@ -501,6 +519,11 @@ def tile_emitter(shape: PointwiseShape, epilogue: Epilogue, tl: Tiling, P: int, 
             with T.serial(start, stop) as k:
                 base = x_base(n) + O[k]
                 prefetch(D, tirx.min(k + PREFETCH_BYTES // (4 * R), O.shape[0] - 1) * R)  # the weights stream
+                if input_prefetch:  # the input rows of a block further on: its vectors and the tile's last lane
+                    ahead = x_base(n) + O[tirx.min(k + input_prefetch, O.shape[0] - 1)]
+                    for j in range(mm):
+                        prefetch(Xf, ahead + x_starts[j])
+                    prefetch(Xf, ahead + x_starts[mm - 1] + V - 1)
                 xs = [vload(Xf, base + x_starts[j], V) for j in range(mm)]
                 for i, r in enumerate(rr):
                     w = bcast(D[k * R + r], V)
@@ -596,7 +619,7 @@ def _generate_pixels(shape: PointwiseShape, epilogue: Epilogue, knobs: Pointwise
         def emitter(tl, source=Xf, x_base=lambda n: n * (CI * P), x_start=None, tail=None):
             return tile_emitter(shape, epilogue, tl, P, nch, D, O, IP, B, source, Yf, Rf, x_base=x_base,
                                 out_at=lambda n, row, pixel: n * (CO * P) + row * P + pixel, x_start=x_start,
-                                tail=tail)
+                                tail=tail, input_prefetch=knobs.prefetch)
 
         # the pixels past the covered vectors, their inputs in the plane
         tail = (covered * V, P - covered * V, lambda q: covered * V + q) if knobs.tail else None
