@@ -64,7 +64,7 @@ class FusedKnobs:
     split: bool = False  # run the two kernels apart (their own knobs); chosen by the knob search
     tasks: int = 0  # parallel: this many tasks, each a run of block rows over the whole plane (0: bands)
     dw_flat: bool = False  # with tasks: the depthwise planes flattened (spatial.flat_plane_ok)
-    prefetch: int = 0  # the pointwise part prefetches its input this many blocks ahead (pointwise.prefetch)
+    prefetch: int = 0  # the pointwise part prefetches its input this many blocks ahead (0: not at all)
 
 
 # One core runs the pair block row by block row over whole planes (``tasks`` = 1) only where one block
@@ -111,7 +111,7 @@ def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
         out += [FusedKnobs(whole, widest, v, r, parallel, tasks=cores) for v, r in ((2, 1), (1, 2))]
         if spatial.flat_plane_ok(shape.depthwise):
             out.append(FusedKnobs(whole, widest, 0, 1, parallel, tasks=cores, dw_flat=True))
-    if parallel and shape.pointwise.pixels <= pointwise.INPUT_PREFETCH_PIXELS:  # each also prefetching its input
+    if parallel and shape.pointwise.pixels <= pointwise.INPUT_PREFETCH_PIXELS:  # see INPUT_PREFETCH_BLOCKS
         out += [dataclasses.replace(k, prefetch=pointwise.INPUT_PREFETCH_BLOCKS) for k in out]
     return out
 

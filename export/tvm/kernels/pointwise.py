@@ -235,8 +235,8 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
                 (out if chunkable(shape.pixels, lanes, v, pixel_workers(k)) else tail_only).append(k)
     if tail_ok(shape, lanes):  # (chunks too: with a tail, no vector overlaps another)
         out += [dataclasses.replace(k, tail=True) for k in out + tail_only]
-    if parallel and shape.pixels <= INPUT_PREFETCH_PIXELS:  # each also prefetching its input (a packed
-        out += [dataclasses.replace(k, prefetch=INPUT_PREFETCH_BLOCKS) for k in out if not k.pack]  # one reads its copy)
+    if parallel and shape.pixels <= INPUT_PREFETCH_PIXELS:  # each also prefetching its input (see INPUT_PREFETCH_BLOCKS)
+        out += [dataclasses.replace(k, prefetch=INPUT_PREFETCH_BLOCKS) for k in out if not k.pack]
     if is_dense(shape) and shape.pixels >= 2:
         out += _channel_candidates(shape, lanes, parallel)
     return with_serial(out, shape.macs(), cores)
