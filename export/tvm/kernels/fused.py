@@ -111,9 +111,7 @@ def candidates(shape: FusedShape, lanes: int, cores: int) -> list[FusedKnobs]:
         out += [FusedKnobs(whole, widest, v, r, parallel, tasks=cores) for v, r in ((2, 1), (1, 2))]
         if spatial.flat_plane_ok(shape.depthwise):
             out.append(FusedKnobs(whole, widest, 0, 1, parallel, tasks=cores, dw_flat=True))
-    if parallel and shape.pointwise.pixels <= pointwise.INPUT_PREFETCH_PIXELS:  # see INPUT_PREFETCH_BLOCKS
-        out += [dataclasses.replace(k, prefetch=pointwise.INPUT_PREFETCH_BLOCKS) for k in out]
-    return out
+    return out + pointwise.input_prefetch_variants(out, shape.pointwise.pixels, cores)
 
 
 def channel_tasks_ok(shape: FusedShape, cores: int) -> bool:

@@ -235,11 +235,18 @@ def candidates(shape: PointwiseShape, lanes: int, cores: int) -> list[PointwiseK
                 (out if chunkable(shape.pixels, lanes, v, pixel_workers(k)) else tail_only).append(k)
     if tail_ok(shape, lanes):  # (chunks too: with a tail, no vector overlaps another)
         out += [dataclasses.replace(k, tail=True) for k in out + tail_only]
-    if parallel and shape.pixels <= INPUT_PREFETCH_PIXELS:  # each also prefetching its input (see INPUT_PREFETCH_BLOCKS)
-        out += [dataclasses.replace(k, prefetch=INPUT_PREFETCH_BLOCKS) for k in out if not k.pack]
+    out += input_prefetch_variants([k for k in out if not k.pack], shape.pixels, cores)
     if is_dense(shape) and shape.pixels >= 2:
         out += _channel_candidates(shape, lanes, parallel)
     return with_serial(out, shape.macs(), cores)
+
+
+def input_prefetch_variants(knobs: list, pixels: int, cores: int) -> list:
+    """Copies of ``knobs`` that also prefetch their input (see :data:`INPUT_PREFETCH_BLOCKS`), to time
+    beside them: with several cores on maps of at most :data:`INPUT_PREFETCH_PIXELS`, else none."""
+    if cores <= 1 or pixels > INPUT_PREFETCH_PIXELS:
+        return []
+    return [dataclasses.replace(k, prefetch=INPUT_PREFETCH_BLOCKS) for k in knobs]
 
 
 def tail_ok(shape: PointwiseShape, lanes: int) -> bool:
