@@ -20,7 +20,6 @@ def choose(model, table: dict, *, budget_ms: float | None = None, speedup: float
                               "it was measured on another model")
     rates = [float(r) for r in table["rates"]]
     costs = {name: {rate: latency_table.layer_ms(table["layers"][name], rate) for rate in rates} for name in planned}
-    unplanned = sum(latency_table.layer_ms(entry, 0.0) for name, entry in table["layers"].items() if name not in costs)
     dense = latency_table.predict(table, {})
     if (budget_ms is None) == (speedup is None):
         raise InvalidArgument("give either a budget in ms or a speedup over the dense prediction")
@@ -28,20 +27,27 @@ def choose(model, table: dict, *, budget_ms: float | None = None, speedup: float
     if scores is None:
         scores = budget.kept_l1_scores({name: model.get_layer(name).kernel.numpy() for name in planned}, rates,
                                        n=table["bsr"])
-    # The rest of the model depends (through the overhead) on the plan's total kernel time: start from
-    # the build that fills the budget, then tighten until the plan's own prediction fits.
-    rest = latency_table.rest_ms(table, budget_ms - table["rest_kernels_ms"])
-    for _ in range(8):
-        plan = budget.choose(costs, scores, budget_ms, fixed_ms=rest + unplanned)
-        predicted = latency_table.predict(table, plan.rates)
-        if predicted <= budget_ms * (1 + 1e-9):
-            break
-        rest += predicted - budget_ms
-    else:
-        raise InvalidArgument(f"no plan's predicted latency fits a budget of {budget_ms:.4g} ms once the overhead "
-                              "is counted: raise the budget")
+    plan, predicted = _best_fitting_plan(costs, scores, table, budget_ms)
     return {"rates": plan.rates, "predicted_ms": predicted, "budget_ms": budget_ms, "dense_predicted_ms": dense,
             "predicted_speedup": dense / predicted, "total_score": plan.score,
             "uniform_predicted_ms": {f"{r:g}": latency_table.predict(table, {n: r for n in planned}) for r in rates},
             "layers": [{"layer": name, "rate": plan.rates[name], "ms": costs[name][plan.rates[name]],
                         "score": scores[name][plan.rates[name]]} for name in planned]}
+
+
+def _best_fitting_plan(costs: dict, scores: dict, table: dict, budget_ms: float) -> tuple:
+    """The highest-scoring plan whose whole predicted latency (the table's rest and overhead included)
+    fits ``budget_ms``, and that prediction. The overhead is measured, not modelled: on a small model it
+    can grow as the kernels shrink, so the knapsack cannot take "the rest" as a fixed cost; it keeps
+    the best plan per total kernel time instead, and the first total whose prediction fits wins."""
+    def fits(rates):
+        return latency_table.predict(table, rates) <= budget_ms * (1 + 1e-9)
+
+    plan = budget.choose_accepted(costs, scores, fits)
+    if plan is None:
+        fastest = {name: min(menu, key=menu.get) for name, menu in costs.items()}
+        raise InvalidArgument(f"a budget of {budget_ms:.4g} ms cannot be met once the rest of the model and the "
+                              f"overhead are counted: every layer at its fastest rate is predicted at "
+                              f"{latency_table.predict(table, fastest):.4g} ms; raise the budget")
+    plan.budget_ms = budget_ms
+    return plan, latency_table.predict(table, plan.rates)

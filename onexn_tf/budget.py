@@ -82,6 +82,51 @@ def choose(costs: dict[str, dict[float, float]], scores: dict[str, dict[float, f
     return Plan(rates, predicted, total_score, budget_ms)
 
 
+def choose_accepted(costs: dict[str, dict[float, float]], scores: dict[str, dict[float, float]], accept, *,
+                    resolution: int = 4000) -> Plan | None:
+    """The most-scoring plan that ``accept(rates)`` approves (e.g. its whole predicted latency fits a
+    budget), or None if it approves none; ``Plan.predicted_ms`` is then Σ chosen costs.
+
+    For when the fit is not "Σ cost ≤ budget": a latency table's overhead depends on the total kernel
+    time and can even fall as it grows, so plans that fit need not be the cheap ones. The dynamic
+    program keeps the best plan for every *exact* total cost on a grid of ``resolution`` steps of the
+    most expensive plan; the totals are then tried from the best score down until one is accepted.
+    Exact over the grid (two plans rounding to one step keep the better-scoring one)."""
+    layers = list(costs)
+    menus = [[(rate, float(costs[layer][rate]), float(scores[layer][rate])) for rate in sorted(costs[layer])]
+             for layer in layers]
+    high = sum(max(cost for _, cost, _ in menu) for menu in menus)
+    step = high / resolution if high > 0 else 1.0
+    size = resolution + len(layers) + 1  # each layer's rounding may add a step
+    best = np.full(size, -np.inf)
+    best[0] = 0.0  # best[u]: most score with the layers so far costing exactly u steps
+    choices = []
+    for menu in menus:
+        new = np.full(size, -np.inf)
+        pick = np.full(size, -1, dtype=np.int64)
+        for index, (_, cost, score) in enumerate(menu):
+            units = int(round(cost / step))
+            candidate = np.full(size, -np.inf)
+            candidate[units:] = best[:size - units] + score
+            better = candidate > new
+            new[better], pick[better] = candidate[better], index
+        best = new
+        choices.append(pick)
+    for total in np.argsort(-best, kind="stable"):
+        if not np.isfinite(best[total]):
+            return None
+        rates, units_left = {}, int(total)
+        for layer, menu, pick in zip(reversed(layers), reversed(menus), reversed(choices)):
+            rate, cost, _ = menu[int(pick[units_left])]
+            rates[layer] = rate
+            units_left -= int(round(cost / step))
+        rates = {layer: rates[layer] for layer in layers}
+        if accept(rates):
+            return Plan(rates, sum(costs[layer][rates[layer]] for layer in layers),
+                        sum(scores[layer][rates[layer]] for layer in layers), float("nan"))
+    return None
+
+
 def kept_l1_scores(kernels: dict[str, np.ndarray], rates, n: int) -> dict[str, dict[float, float]]:
     """Score of each (layer, rate): the share of the layer's block L1 its 1×N mask keeps at that rate
     (1 at rate 0). Normalised per layer, so every layer weighs the same whatever its size."""
