@@ -53,8 +53,9 @@ def main() -> int:
     single = results[("chw", 1)]
     print(f"CHW, 1 thread: warm {warm[('chw', 1)]:.1f} us, after its own write {single['the core itself']:.1f} us "
           f"({single['the core itself'] / warm[('chw', 1)]:.2f}x)")
-    print(f"2 threads over 1 thread after a hand-over: CHW {warm[('chw', 1)] / results[('chw', 2)]['each core its own pixels']:.2f}x, "
-          f"tiled {warm[('chw', 1)] / results[('tiled', 2)]['each core its own pixels']:.2f}x")
+    handed_over = {layout: results[(layout, 2)]["each core its own pixels"] for layout in ("chw", "tiled")}
+    print(f"2 threads over 1 thread after a hand-over: CHW {warm[('chw', 1)] / handed_over['chw']:.2f}x, "
+          f"tiled {warm[('chw', 1)] / handed_over['tiled']:.2f}x")
     return 0
 
 

@@ -36,15 +36,7 @@ def choose(costs: dict[str, dict[float, float]], scores: dict[str, dict[float, f
     ``costs[layer][rate]`` in ms and ``scores[layer][rate]`` (higher is better) over the same rates;
     raises :class:`InvalidArgument` when even the cheapest choice of every layer exceeds the budget.
     """
-    layers = list(costs)
-    if set(scores) != set(layers):
-        raise InvalidArgument("the scores and the costs name different layers")
-    menus = []
-    for layer in layers:
-        rates = sorted(costs[layer])
-        if not rates or set(rates) != set(scores[layer]):
-            raise InvalidArgument(f"layer {layer!r}: the scores and the costs offer different rates")
-        menus.append([(rate, float(costs[layer][rate]), float(scores[layer][rate])) for rate in rates])
+    layers, menus = _menus(costs, scores)
     floor = fixed_ms + sum(min(cost for _, cost, _ in menu) for menu in menus)
     if floor > budget_ms:
         raise InvalidArgument(f"a budget of {budget_ms:.4g} ms cannot be met: even the fastest rate of every layer "
@@ -92,22 +84,20 @@ def choose_accepted(costs: dict[str, dict[float, float]], scores: dict[str, dict
     program keeps the best plan for every *exact* total cost on a grid of ``resolution`` steps of the
     most expensive plan; the totals are then tried from the best score down until one is accepted.
     Exact over the grid (two plans rounding to one step keep the better-scoring one)."""
-    layers = list(costs)
-    menus = [[(rate, float(costs[layer][rate]), float(scores[layer][rate])) for rate in sorted(costs[layer])]
-             for layer in layers]
+    layers, menus = _menus(costs, scores)
     high = sum(max(cost for _, cost, _ in menu) for menu in menus)
     step = high / resolution if high > 0 else 1.0
+    units = [[int(round(cost / step)) for _, cost, _ in menu] for menu in menus]
     size = resolution + len(layers) + 1  # each layer's rounding may add a step
     best = np.full(size, -np.inf)
     best[0] = 0.0  # best[u]: most score with the layers so far costing exactly u steps
     choices = []
-    for menu in menus:
+    for menu, menu_units in zip(menus, units):
         new = np.full(size, -np.inf)
         pick = np.full(size, -1, dtype=np.int64)
-        for index, (_, cost, score) in enumerate(menu):
-            units = int(round(cost / step))
+        for index, ((_, _, score), cost_units) in enumerate(zip(menu, menu_units)):
             candidate = np.full(size, -np.inf)
-            candidate[units:] = best[:size - units] + score
+            candidate[cost_units:] = best[:size - cost_units] + score
             better = candidate > new
             new[better], pick[better] = candidate[better], index
         best = new
@@ -116,15 +106,30 @@ def choose_accepted(costs: dict[str, dict[float, float]], scores: dict[str, dict
         if not np.isfinite(best[total]):
             return None
         rates, units_left = {}, int(total)
-        for layer, menu, pick in zip(reversed(layers), reversed(menus), reversed(choices)):
-            rate, cost, _ = menu[int(pick[units_left])]
-            rates[layer] = rate
-            units_left -= int(round(cost / step))
+        for layer, menu, menu_units, pick in zip(reversed(layers), reversed(menus), reversed(units), reversed(choices)):
+            index = int(pick[units_left])
+            rates[layer] = menu[index][0]
+            units_left -= menu_units[index]
         rates = {layer: rates[layer] for layer in layers}
         if accept(rates):
             return Plan(rates, sum(costs[layer][rates[layer]] for layer in layers),
                         sum(scores[layer][rates[layer]] for layer in layers), float("nan"))
     return None
+
+
+def _menus(costs: dict[str, dict[float, float]], scores: dict[str, dict[float, float]]) -> tuple[list, list]:
+    """The layers, and each one's menu ``[(rate, cost, score)]`` by rate; the two tables must name the
+    same layers and offer each the same rates."""
+    layers = list(costs)
+    if set(scores) != set(layers):
+        raise InvalidArgument("the scores and the costs name different layers")
+    menus = []
+    for layer in layers:
+        rates = sorted(costs[layer])
+        if not rates or set(rates) != set(scores[layer]):
+            raise InvalidArgument(f"layer {layer!r}: the scores and the costs offer different rates")
+        menus.append([(rate, float(costs[layer][rate]), float(scores[layer][rate])) for rate in rates])
+    return layers, menus
 
 
 def kept_l1_scores(kernels: dict[str, np.ndarray], rates, n: int) -> dict[str, dict[float, float]]:

@@ -95,7 +95,8 @@ def test_plan_is_the_best_whose_whole_prediction_fits_whatever_the_overhead_does
                 planning._best_fitting_plan(costs, scores, table, budget_ms)
             continue
         plan, predicted = planning._best_fitting_plan(costs, scores, table, budget_ms)
-        assert predicted <= budget_ms * (1 + 1e-9) and predicted == pytest.approx(latency_table.predict(table, plan.rates))
+        assert predicted <= budget_ms * (1 + 1e-9)
+        assert predicted == pytest.approx(latency_table.predict(table, plan.rates))
         assert plan.score == pytest.approx(max(fitting))
         solved += 1
     assert 40 <= solved < 60  # both kinds of budget were drawn
